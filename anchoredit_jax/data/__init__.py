@@ -1,0 +1,1 @@
+"""Data: ShapesEdit (procedural multi-turn edits), the JSONL real-data format, grain pipelines."""
