@@ -1,0 +1,266 @@
+"""Weights to and from diffusers' `WanTransformer3DModel` (safetensors; the library never imports torch).
+
+One declarative table maps each diffusers tensor to a param path and a transform; the same table
+runs in both directions, so a round trip is bit-exact (transposes and reshapes only). Per-block
+tensors ("blocks.{i}.…") are stacked along a leading layer axis, as the scanned model keeps them.
+Converted trees are checked against `jax.eval_shape(init)`, naming the first mismatching tensor.
+
+    from anchoredit_jax import interop
+    model, params = interop.load_diffusers_transformer("path/to/transformer")   # a diffusers folder
+    v = model.apply({"params": params}, latents, t, text, text_mask, positions, mode="block_causal")
+    interop.save_diffusers_transformer(model.config, params, "out/transformer")  # from_pretrained loads it
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.flax import save_file
+
+from anchoredit_jax.model import DiTConfig, WanDiT, abstract_params
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# (diffusers key, param path, transform). "linear": torch [out, in] <-> flax kernel [in, out].
+_TOP = [
+    ("patch_embedding.weight", "patch_embedding/kernel", "patch"),
+    ("patch_embedding.bias", "patch_embedding/bias", "copy"),
+    ("condition_embedder.time_embedder.linear_1.weight", "condition_embedder/time_embedder/linear_1/kernel", "linear"),
+    ("condition_embedder.time_embedder.linear_1.bias", "condition_embedder/time_embedder/linear_1/bias", "copy"),
+    ("condition_embedder.time_embedder.linear_2.weight", "condition_embedder/time_embedder/linear_2/kernel", "linear"),
+    ("condition_embedder.time_embedder.linear_2.bias", "condition_embedder/time_embedder/linear_2/bias", "copy"),
+    ("condition_embedder.time_proj.weight", "condition_embedder/time_proj/kernel", "linear"),
+    ("condition_embedder.time_proj.bias", "condition_embedder/time_proj/bias", "copy"),
+    ("condition_embedder.text_embedder.linear_1.weight", "condition_embedder/text_embedder/linear_1/kernel", "linear"),
+    ("condition_embedder.text_embedder.linear_1.bias", "condition_embedder/text_embedder/linear_1/bias", "copy"),
+    ("condition_embedder.text_embedder.linear_2.weight", "condition_embedder/text_embedder/linear_2/kernel", "linear"),
+    ("condition_embedder.text_embedder.linear_2.bias", "condition_embedder/text_embedder/linear_2/bias", "copy"),
+    ("proj_out.weight", "proj_out/kernel", "linear"),
+    ("proj_out.bias", "proj_out/bias", "copy"),
+    ("scale_shift_table", "scale_shift_table", "table"),
+]
+_BLOCK = [("scale_shift_table", "scale_shift_table", "table"),
+          ("ffn.net.0.proj.weight", "ffn_in/kernel", "linear"), ("ffn.net.0.proj.bias", "ffn_in/bias", "copy"),
+          ("ffn.net.2.weight", "ffn_out/kernel", "linear"), ("ffn.net.2.bias", "ffn_out/bias", "copy"),
+          ("norm2.weight", "norm2/scale", "copy"), ("norm2.bias", "norm2/bias", "copy")]
+for _a in ("attn1", "attn2"):
+    for _p in ("to_q", "to_k", "to_v"):
+        _BLOCK += [(f"{_a}.{_p}.weight", f"{_a}/{_p}/kernel", "linear"), (f"{_a}.{_p}.bias", f"{_a}/{_p}/bias", "copy")]
+    _BLOCK += [(f"{_a}.to_out.0.weight", f"{_a}/to_out/kernel", "linear"),
+               (f"{_a}.to_out.0.bias", f"{_a}/to_out/bias", "copy"),
+               (f"{_a}.norm_q.weight", f"{_a}/norm_q/scale", "copy"),
+               (f"{_a}.norm_k.weight", f"{_a}/norm_k/scale", "copy")]
+
+
+def key_table(config: DiTConfig) -> list[tuple[str, tuple[str, ...], str, int | None]]:
+    """Rows (diffusers key, param path, transform, layer index or None) for this config."""
+    rows = [(k, tuple(p.split("/")), t, None) for k, p, t in _TOP]
+    for i in range(config.num_layers):
+        rows += [(f"blocks.{i}.{k}", ("blocks",) + tuple(p.split("/")), t, i) for k, p, t in _BLOCK
+                 if config.cross_attn_norm or not k.startswith("norm2.")]
+    return rows
+
+
+def _to_jax(x: np.ndarray, kind: str, config: DiTConfig) -> np.ndarray:
+    if kind == "linear":
+        return x.T
+    if kind == "patch":  # conv [D, C, pt, ph, pw] -> dense [(pt ph pw C), D], as the model's rearrange
+        return x.transpose(2, 3, 4, 1, 0).reshape(-1, x.shape[0])
+    if kind == "table":  # [1, n, D] -> [n, D]
+        return x[0]
+    return x
+
+
+def _to_torch(x: np.ndarray, kind: str, config: DiTConfig) -> np.ndarray:
+    if kind == "linear":
+        return x.T
+    if kind == "patch":
+        pt, ph, pw = config.patch_size
+        return x.reshape(pt, ph, pw, config.in_channels, -1).transpose(4, 3, 0, 1, 2)
+    if kind == "table":
+        return x[None]
+    return x
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree, path, value):
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+# Config ------------------------------------------------------------------------------------------
+_UNSUPPORTED = {"image_dim": None, "added_kv_proj_dim": None, "pos_embed_seq_len": None,
+                "qk_norm": "rms_norm_across_heads"}
+
+
+def config_from_diffusers(d: dict, **overrides) -> DiTConfig:
+    """diffusers config.json -> DiTConfig (turn_stride etc. from overrides). Refuses I2V/Wan2.2 variants."""
+    for key, want in _UNSUPPORTED.items():
+        if d.get(key, want) != want:
+            raise ValueError(f"diffusers config has {key}={d[key]!r}; only the Wan2.1 text-to-video layout "
+                             f"({key}={want!r}) is supported")
+    return DiTConfig(num_layers=d["num_layers"], num_heads=d["num_attention_heads"],
+                     head_dim=d["attention_head_dim"], ffn_dim=d["ffn_dim"], in_channels=d["in_channels"],
+                     out_channels=d.get("out_channels") or d["in_channels"], text_dim=d["text_dim"],
+                     freq_dim=d["freq_dim"], patch_size=tuple(d["patch_size"]),
+                     cross_attn_norm=d.get("cross_attn_norm", True), eps=d.get("eps", 1e-6),
+                     rope_max_seq_len=d.get("rope_max_seq_len", 1024), **overrides).validate()
+
+
+def config_to_diffusers(c: DiTConfig) -> dict:
+    return {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.0",
+            "patch_size": list(c.patch_size), "num_attention_heads": c.num_heads, "attention_head_dim": c.head_dim,
+            "in_channels": c.in_channels, "out_channels": c.out_channels, "text_dim": c.text_dim,
+            "freq_dim": c.freq_dim, "ffn_dim": c.ffn_dim, "num_layers": c.num_layers,
+            "cross_attn_norm": c.cross_attn_norm, "qk_norm": "rms_norm_across_heads", "eps": c.eps,
+            "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": c.rope_max_seq_len,
+            "pos_embed_seq_len": None}
+
+
+# State dicts -------------------------------------------------------------------------------------
+def from_state_dict(state: dict[str, np.ndarray], config: DiTConfig, *, dtype=np.float32) -> dict:
+    """diffusers tensors (numpy) -> params pytree, checked against the model's abstract shapes."""
+    expected = nn.unbox(abstract_params(config))
+    rows = key_table(config)
+    known = {r[0] for r in rows}
+    unexpected = sorted(set(state) - known - {k for k in state if k.endswith("norm_added_q.weight")})
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} tensors of the checkpoint have no place in this model, "
+                         f"first: {unexpected[0]!r}")
+    missing = [r[0] for r in rows if r[0] not in state]
+    if missing:
+        raise ValueError(f"the checkpoint lacks {len(missing)} tensors of this model, first: {missing[0]!r}")
+    params: dict[str, Any] = {}
+    for key, path, kind, layer in rows:
+        x = _to_jax(np.asarray(state[key]), kind, config)
+        want = _get(expected, path).shape
+        want = want[1:] if layer is not None else want
+        if x.shape != tuple(want):
+            raise ValueError(f"tensor {key!r} has shape {tuple(state[key].shape)}, which converts to {x.shape}; "
+                             f"the config expects {tuple(want)}")
+        if layer is None:
+            _set(params, path, x.astype(dtype))
+        else:
+            stacked = _get(params, path) if _has(params, path) else np.zeros((config.num_layers,) + x.shape, dtype)
+            stacked[layer] = x
+            _set(params, path, stacked)
+    return params
+
+
+def _has(tree, path):
+    try:
+        _get(tree, path)
+        return True
+    except KeyError:
+        return False
+
+
+def to_state_dict(params: dict, config: DiTConfig, *, dtype=None) -> dict[str, np.ndarray]:
+    """params pytree -> diffusers tensors (numpy, contiguous). dtype None keeps the params' dtype."""
+    out = {}
+    for key, path, kind, layer in key_table(config):
+        x = np.asarray(_get(params, path))
+        x = x[layer] if layer is not None else x
+        x = np.ascontiguousarray(_to_torch(x, kind, config))
+        out[key] = x.astype(dtype) if dtype is not None else x
+    return out
+
+
+# Folders -----------------------------------------------------------------------------------------
+def _refuse_pickles(path: str):
+    if os.path.isdir(path):
+        names = os.listdir(path)
+        if not any(n.endswith(".safetensors") or n == INDEX_NAME for n in names):
+            pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+            if pickles:
+                raise ValueError(f"{path} holds only pickle weights ({pickles[0]}); pickles can run code on load "
+                                 "and are refused. Re-save it as safetensors (e.g. `save_pretrained(..., "
+                                 "safe_serialization=True)`).")
+            raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME} or {INDEX_NAME}")
+    elif path.endswith(PICKLE_SUFFIXES):
+        raise ValueError(f"{path} is a pickle file; pickles can run code on load and are refused. "
+                         "Convert it to safetensors first.")
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Tensors of a .safetensors file, a sharded index, or a diffusers folder -> numpy (bf16 kept)."""
+    _refuse_pickles(path)
+    if os.path.isdir(path):
+        index = os.path.join(path, INDEX_NAME)
+        if os.path.exists(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            files = [os.path.join(path, n) for n in files]
+        else:
+            files = [os.path.join(path, WEIGHTS_NAME)]
+    else:
+        files = [path]
+    state = {}
+    for fn in files:
+        with safe_open(fn, framework="flax") as f:  # "flax" reads bfloat16, numpy's API does not
+            for k in f.keys():
+                state[k] = np.asarray(f.get_tensor(k))
+    return state
+
+
+def load_diffusers_transformer(path: str, *, dtype: str = "float32", **config_overrides):
+    """A diffusers `WanTransformer3DModel` folder -> (WanDiT module, fp32 params).
+
+    dtype is the compute dtype of the returned module (params are always fp32). Other keyword
+    arguments override DiTConfig fields (turn_stride, attention_backend, remat_policy, ...).
+    """
+    _refuse_pickles(path)
+    with open(os.path.join(path, "config.json")) as f:
+        config = config_from_diffusers(json.load(f), dtype=dtype, **config_overrides)
+    params = from_state_dict(read_safetensors(path), config)
+    return WanDiT(config), jax.tree.map(jnp.asarray, params)
+
+
+def save_diffusers_transformer(config: DiTConfig, params: dict, out_dir: str, *, dtype=None,
+                               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False):
+    """Writes a folder that `WanTransformer3DModel.from_pretrained(out_dir)` loads (sharded if large)."""
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+    os.makedirs(out_dir, exist_ok=True)
+    state = to_state_dict(params, config, dtype=dtype)
+    shards, cur, size = [], {}, 0
+    for k, v in state.items():
+        if cur and size + v.nbytes > max_shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + v.nbytes
+    shards.append(cur)
+    if len(shards) == 1:
+        save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, os.path.join(out_dir, WEIGHTS_NAME),
+                  metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file({k: jnp.asarray(v) for k, v in shard.items()}, os.path.join(out_dir, name),
+                      metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
+            json.dump({"metadata": {"total_size": sum(v.nbytes for v in state.values())},
+                       "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config_to_diffusers(config), f, indent=2)
+
+
+def dit_config_dict(config: DiTConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
