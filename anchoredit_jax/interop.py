@@ -264,3 +264,37 @@ def save_diffusers_transformer(config: DiTConfig, params: dict, out_dir: str, *,
 
 def dit_config_dict(config: DiTConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+# This project's params folders (orbax) -----------------------------------------------------------
+def save_jax_params(config: DiTConfig, params: dict, out_dir: str, *, overwrite: bool = False):
+    """Writes `out_dir/config.json` (DiTConfig) and `out_dir/params` (an orbax checkpoint)."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
+    os.makedirs(out_dir, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(os.path.join(out_dir, "params"), params, force=overwrite)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(dit_config_dict(config), f, indent=2)
+
+
+def load_jax_params(path: str, **config_overrides):
+    """Reads a folder written by `save_jax_params` -> (WanDiT module, params)."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_file) or not os.path.isdir(os.path.join(path, "params")):
+        raise FileNotFoundError(f"{path} is not an anchoredit_jax params folder (config.json + params/)")
+    with open(cfg_file) as f:
+        config = dataclasses.replace(DiTConfig.from_dict(json.load(f)), **config_overrides).validate()
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(abstract_params(config)))
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            params = ckptr.restore(os.path.join(path, "params"), target)
+        except ValueError as e:  # orbax names the mismatching leaf in its message
+            raise ValueError(f"params in {path} do not match its config.json: {e}") from None
+    return WanDiT(config), params

@@ -1,0 +1,43 @@
+"""Configs load, validate, and the Wan2.1-1.3B config has exactly diffusers' parameter count."""
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from anchoredit_jax import interop
+from anchoredit_jax.config_lib import load_config, model_config
+from anchoredit_jax.model import abstract_params
+
+
+def _count(tree):
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def test_wan_1_3b_shapes_and_param_count():
+    cfg = model_config(load_config("configs/wan2_1_1_3b.py"))
+    assert (cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_heads, cfg.text_dim, cfg.freq_dim, cfg.in_channels,
+            cfg.patch_size) == (1536, 8960, 30, 12, 4096, 256, 16, (1, 2, 2))
+    ours = _count(abstract_params(cfg))  # eval_shape: nothing allocated
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    with torch.device("meta"):  # no allocation on the PyTorch side either
+        peer = diffusers.WanTransformer3DModel(**{k: v for k, v in interop.config_to_diffusers(cfg).items()
+                                                  if not k.startswith("_")})
+    theirs = sum(p.numel() for p in peer.parameters())
+    print(f"Wan2.1-1.3B: {ours:,} params here, {theirs:,} in diffusers")
+    assert ours == theirs
+    # and the key table covers every diffusers parameter, one to one
+    table = {row[0] for row in interop.key_table(cfg)}
+    assert table == set(peer.state_dict().keys())
+
+
+def test_tiny_config_loads_and_overrides():
+    config = load_config("configs/tiny.py", **{"model.dtype": "bfloat16"})
+    assert model_config(config).dtype == "bfloat16"
+    with pytest.raises(KeyError, match="model.nonexistent"):
+        load_config("configs/tiny.py", **{"model.nonexistent": 1})
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        config = load_config("configs/tiny.py")
+        config.model.bogus = 1
+        model_config(config)
