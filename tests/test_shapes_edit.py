@@ -1,0 +1,133 @@
+"""ShapesEdit: determinism, exact masks, every edit type, splits, resolutions."""
+import numpy as np
+import pytest
+
+from anchoredit_jax.data import shapes_edit as se
+from anchoredit_jax.data.shapes_render import OBJ_ID0, PART_IDS, SS, region_mask, render
+
+
+def test_same_seed_same_bytes():
+    a, b = se.generate_sequence(7, 4, 48), se.generate_sequence(7, 4, 48)
+    assert a.source.tobytes() == b.source.tobytes()
+    assert a.targets.tobytes() == b.targets.tobytes() and a.masks.tobytes() == b.masks.tobytes()
+    assert a.instructions == b.instructions and a.edit_types == b.edit_types
+    scene = se.generate_scenes(7, 0)[0][0]
+    assert render(scene, (40, 56))[0].tobytes() == render(scene, (40, 56))[0].tobytes()
+
+
+def test_shapes_and_dtypes():
+    s = se.generate_sequence(1, 3, 32)
+    assert s.source.shape == (32, 32, 3) and s.source.dtype == np.uint8
+    assert s.targets.shape == (3, 32, 32, 3) and s.targets.dtype == np.uint8
+    assert s.masks.shape == (3, 32, 32) and s.masks.dtype == bool
+    assert len(s.instructions) == len(s.edit_types) == 3 and s.has_target.all() and s.has_mask.all()
+    assert se.generate_sequence(1, 0, 32).targets.shape == (0, 32, 32, 3)
+
+
+def test_splits_give_different_scenes():
+    sources = [se.generate_sequence(3, 0, 32, split).source for split in se.SPLITS]
+    for i in range(len(sources)):
+        for j in range(i):
+            assert not np.array_equal(sources[i], sources[j])
+    with pytest.raises(ValueError, match="split"):
+        se.generate_sequence(3, 1, 32, "test")
+
+
+def test_every_edit_type_and_exact_masks():
+    seen = set()
+    for seed in range(30):
+        scenes, edits = se.generate_scenes(seed, 6, 48, noop_prob=0.15)
+        rendered = [render(s, (48, 48)) for s in scenes]
+        seq = se.generate_sequence(seed, 6, 48, noop_prob=0.15)
+        for k, e in enumerate(edits):
+            seen.add(e.edit_type)
+            prev, tgt, mask = rendered[k][0], rendered[k + 1][0], seq.masks[k]
+            np.testing.assert_array_equal(tgt, seq.targets[k])
+            diff = (prev != tgt).any(-1)
+            # The edited element's footprint alone (no pixel diff) already covers every change.
+            footprint = region_mask(rendered[k][1], e.ids_before) | region_mask(rendered[k + 1][1], e.ids_after)
+            assert not (diff & ~footprint).any(), (seed, k, e.instruction)
+            assert not (diff & ~mask).any()
+            if e.edit_type == "noop":
+                assert not diff.any() and not mask.any()
+            else:
+                assert diff.any() and mask.any(), (seed, k, e.instruction)
+            if e.edit_type in ("recolor", "add", "remove", "background"):
+                assert diff.sum() >= 0.4 * mask.sum(), (seed, k, e.instruction)  # mask is not loose
+            assert e.instruction.strip() and "{" not in e.instruction
+    assert seen == set(se.EDIT_TYPES)
+
+
+def test_noop_only():
+    s = se.generate_sequence(4, 3, 32, noop_prob=1.0)
+    assert s.edit_types == ["noop"] * 3 and not s.masks.any()
+    assert all(np.array_equal(t, s.source) for t in s.targets)
+
+
+def test_resolution_independence_and_non_square():
+    assert se.generate_scenes(9, 3, 64)[0] == se.generate_scenes(9, 3, 128)[0]
+    assert se.generate_scenes(9, 3, (48, 80))[0] == se.generate_scenes(9, 3, (96, 160))[0]
+    s = se.generate_sequence(9, 3, (48, 80))
+    assert s.source.shape == (48, 80, 3) and s.targets.shape == (3, 48, 80, 3) and s.masks.shape == (3, 48, 80)
+    tall = se.generate_sequence(9, 2, (80, 48))
+    assert tall.source.shape == (80, 48, 3)
+
+
+def test_prefix_and_pairs():
+    full = se.generate_sequence(5, 5, 32)
+    short = se.generate_sequence(5, 3, 32)
+    np.testing.assert_array_equal(full.targets[:3], short.targets)
+    assert full.instructions[:3] == short.instructions
+    pair = se.generate_pair(5, 2, 32)
+    np.testing.assert_array_equal(pair.source, full.targets[1])
+    np.testing.assert_array_equal(pair.targets[0], full.targets[2])
+    np.testing.assert_array_equal(pair.masks[0], full.masks[2])
+    assert pair.instructions == full.instructions[2:3]
+
+
+def test_scene_layout_visible_parts_inside_box():
+    for seed in range(12):
+        for scene in se.generate_scenes(seed, 4, (48, 64))[0]:
+            _, lab = render(scene, (48, 64))
+            c, u = scene.subject, 48 * SS
+            x0, y0, x1, y1 = se.SUBJECT_BOX
+            ys, xs = np.nonzero((lab >= 1) & (lab < OBJ_ID0))
+            assert xs.min() >= (c.x + x0 * c.size) * u - 2 and xs.max() <= (c.x + x1 * c.size) * u + 2
+            assert ys.min() >= (c.y + y0 * c.size) * u - 2 and ys.max() <= (c.y + y1 * c.size) * u + 2
+            for name, lid in PART_IDS.items():  # no part is hidden by accident
+                if getattr(c, name).shape != "none":
+                    assert (lab == lid).sum() > 4 * SS * SS, (seed, name)
+            for i in range(len(scene.objects)):
+                assert (lab == OBJ_ID0 + i).any()
+
+
+def test_heldout_combos_only_in_their_split():
+    for split in ("train", "heldout_seeds", "heldout_phrasings"):
+        for seed in range(150):
+            scenes, _ = se.generate_scenes(seed, 6, split=split)
+            for s in scenes:
+                assert not se.scene_combos(s) & se.HELDOUT_COMBOS, (split, seed)
+    found = set()
+    for seed in range(60):
+        scenes, _ = se.generate_scenes(seed, 6, split="heldout_combos")
+        assert se.scene_combos(scenes[0]) & se.HELDOUT_COMBOS
+        for s in scenes:
+            found |= se.scene_combos(s) & se.HELDOUT_COMBOS
+    assert len(found) >= len(se.HELDOUT_COMBOS) // 2
+
+
+def test_heldout_phrasings_are_disjoint():
+    texts = {}
+    for split in ("train", "heldout_phrasings"):
+        ids = set()
+        for seed in range(40):
+            ids |= {e.template_id for e in se.generate_scenes(seed, 6, split=split, noop_prob=0.2)[1]}
+        texts[split] = ids
+    assert all(":t" in t for t in texts["train"]) and all(":h" in t for t in texts["heldout_phrasings"])
+    assert len(texts["heldout_phrasings"]) > 10
+
+
+def test_cli_writes_jsonl_and_sheet(tmp_path):
+    se.main(["--out", str(tmp_path), "--num", "2", "--turns", "2", "--resolution", "32x48", "--sheet", "1"])
+    assert (tmp_path / "data.jsonl").read_text().count("\n") == 2
+    assert (tmp_path / "contact_sheet.png").stat().st_size > 0
