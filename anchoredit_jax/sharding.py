@@ -34,9 +34,15 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices; one size may be -1 (the rest)."""
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None,
+              num_devices: int = 0) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given, or the first num_devices) devices.
+
+    One size may be -1 (the rest).
+    """
     devices = list(jax.devices() if devices is None else devices)
+    if num_devices:
+        devices = devices[:num_devices]
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")

@@ -1,0 +1,73 @@
+"""Training metrics: JSONL + TensorBoard event files, model FLOPs and utilisation (MFU)."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from anchoredit_jax.model import DiTConfig
+
+# Dense bf16 peak per device, FLOP/s (vendor figures), for the MFU estimate.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+              "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops_per_device(override: float | None = None) -> float | None:
+    if override:
+        return float(override)
+    kind = jax.devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None  # CPUs: no meaningful peak, MFU is not reported
+
+
+def dit_forward_flops(c: DiTConfig, num_frames: int, tokens_per_frame: int, text_len: int,
+                      keys_per_frame: float) -> float:
+    """Matmul FLOPs of one forward for one sequence (2 per multiply-add).
+
+    keys_per_frame: average number of frames each frame attends (block-causal over F: (F+1)/2).
+    """
+    t = num_frames * tokens_per_frame
+    d = c.dim
+    per_token = 2 * (4 * d * d + 2 * d * c.ffn_dim + 2 * d * d)  # self q,k,v,o; FFN; cross q,o
+    attn = 4 * d * (keys_per_frame * tokens_per_frame + text_len)  # QK^T and AV, self + cross
+    cross_kv = 2 * 2 * d * d * text_len * num_frames  # cross k,v on the text of each frame
+    blocks = c.num_layers * (t * (per_token + attn) + cross_kv)
+    io = 2 * t * d * (c.in_channels + c.out_channels) * c.patch_size[1] * c.patch_size[2]
+    return float(blocks + io)
+
+
+class MetricWriter:
+    """Appends {"step": s, ...} lines to metrics.jsonl and scalars to TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict):
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,60 @@
+"""Stage 1: identity-preserving single-turn pretraining on [clean source, noisy target] pairs.
+
+The pair runs block-causally: frame 0 is the clean source at t=0 reading the null instruction
+(the source has none, as in the memory at inference), frame 1 the noisy target reading its
+instruction; frame 1 sees the source and itself, which is the teacher-forcing pattern for one turn
+(tests/test_train.py checks it equals mode="teacher_forcing"). The loss is the rectified-flow
+velocity error on frame 1 only. A share of pairs become no-op edits (target = source), a share of
+instructions are dropped to the null embedding (for classifier-free guidance), and where the data
+has an edit mask the error outside it is up-weighted (keep what the instruction did not touch).
+"""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from anchoredit_jax import flow
+from anchoredit_jax.model import WanDiT
+
+
+def loss_fn(params, model: WanDiT, rng, *, source, target, text, text_mask, null_text, null_mask, edit_mask,
+            has_mask, cfg):
+    """Stage-1 loss.
+
+    Args:
+      source, target: normalised latents [B, h, w, C].
+      text, text_mask: instruction embeddings [B, L, D], [B, L]; null_text/null_mask: [L, D], [L].
+      edit_mask: [B, h, w] in {0, 1} on the latent grid; has_mask: [B] (1 where the mask is known).
+      cfg: noop_prob, cfg_drop_prob, outside_mask_weight, timestep sampling fields.
+    Returns: (loss, aux dict of per-batch diagnostics).
+    """
+    b = source.shape[0]
+    chex.assert_equal_shape([source, target])
+    k_noop, k_drop, k_t, k_noise = jax.random.split(rng, 4)
+    noop = jax.random.uniform(k_noop, (b,)) < cfg.noop_prob
+    target = jnp.where(noop[:, None, None, None], source, target)
+    edit_mask = jnp.where(noop[:, None, None], 0.0, edit_mask)  # nothing may change
+    has_mask = jnp.where(noop, 1.0, has_mask)
+
+    drop = jax.random.uniform(k_drop, (b,)) < cfg.cfg_drop_prob
+    text = jnp.where(drop[:, None, None], null_text[None], text)
+    text_mask = jnp.where(drop[:, None], null_mask[None], text_mask)
+
+    t = flow.sample_timesteps(k_t, (b,), kind=cfg.timestep_sampling, shift=cfg.timestep_shift)
+    noise = jax.random.normal(k_noise, target.shape)
+    x_t = flow.add_noise(target, noise, t)
+
+    frames = jnp.stack([source, x_t], axis=1)  # [B, 2, h, w, C]
+    times = jnp.stack([jnp.zeros_like(t), t], axis=1)
+    texts = jnp.stack([jnp.broadcast_to(null_text, text.shape), text], axis=1)
+    masks = jnp.stack([jnp.broadcast_to(null_mask, text_mask.shape), text_mask], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(2), (b, 2))
+    v = model.apply({"params": params}, frames, times, texts, masks, positions, mode="block_causal")[:, 1]
+
+    err = jnp.mean(jnp.square(v - flow.velocity_target(target, noise)), axis=-1)  # [B, h, w]
+    outside = has_mask[:, None, None] * (1.0 - edit_mask)
+    weight = 1.0 + (cfg.outside_mask_weight - 1.0) * outside
+    per_example = jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2))
+    loss = jnp.mean(per_example)
+    return loss, {"mse": jnp.mean(err), "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}

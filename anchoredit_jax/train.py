@@ -1,0 +1,255 @@
+"""Training entry point (stage 1 now; stages share this loop).
+
+    python -m anchoredit_jax.train --config configs/stage1_shapes.py --workdir runs/stage1 [--config.a.b=v]
+
+Sections: distributed -> mesh -> input -> model and frozen encoders -> sharded state -> restore ->
+update step -> loop (metrics, validation and samples, checkpoints, preemption, NaN guard).
+Rerunning the same command resumes from the latest checkpoint in --workdir, data included.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim, samples, sharding, stage1
+from anchoredit_jax import text_encoder as te
+from anchoredit_jax.config_lib import model_config
+from anchoredit_jax.data import pipeline
+from anchoredit_jax.model import WanDiT
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    ema: dict | None
+    rng: jax.Array
+    bad_step: jax.Array  # first step whose loss or gradients were not finite, -1 if none
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+def make_source(cfg: ml_collections.ConfigDict, split: str | None = None):
+    """The sequence source of config.data: procedural ShapesEdit or a JSONL set."""
+    if cfg.kind == "shapes_edit":
+        return pipeline.ShapesEditSource(cfg.num_sequences, cfg.num_turns, cfg.resolution, split or cfg.split,
+                                         noop_prob=cfg.noop_prob)
+    if cfg.kind == "jsonl":
+        return pipeline.JsonlSource(cfg.path, resolution=cfg.resolution)
+    raise ValueError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
+
+
+def global_batch(local: dict, shardings: dict) -> dict:
+    """Per-process numpy batch -> global jax.Arrays sharded over (data, fsdp)."""
+    return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    # 1. Distributed and mesh.
+    distributed.maybe_initialize(config.get("distributed"))
+    is_main = jax.process_index() == 0
+    mesh = sharding.make_mesh(**config.mesh)
+    rules = sharding.rules_from_config(config.sharding_rules)
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    logging.info("mesh %s on %d processes", dict(mesh.shape), jax.process_count())
+
+    # 2. Input: grain, sharded per process, resumable.
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    tokenize = te.make_tokenize_fn(config.text.max_length)
+    loader = pipeline.make_loader(make_source(config.data), kind="pair", batch_size=config.batch_size // jax.process_count(),
+                                  seed=config.seed, tokenize=tokenize, first_turn_only=config.data.first_turn_only,
+                                  worker_count=config.data.worker_count)
+    data_iter = iter(loader)
+
+    # 3. Model and frozen encoders.
+    mcfg = model_config(config)
+    model = WanDiT(mcfg)
+    enc, frozen = encoders.load_encoders(config)
+    if mcfg.in_channels != enc.latent_channels or mcfg.text_dim != enc.text_dim:
+        raise ValueError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
+                         f"encoders give {enc.latent_channels} and {enc.text_dim}")
+    total_steps = config.num_steps
+    tx, schedule = optim.make_optimizer(config.optim, total_steps // config.optim.grad_accum_steps)
+
+    # 4. Sharded state: eval_shape gives logical names; params are born sharded by jit.
+    latent_hw = (config.data.resolution // enc.downsample,) * 2
+
+    def init_state(rng):
+        params = model.init(rng, jnp.zeros((1, 1, *latent_hw, mcfg.in_channels)), jnp.zeros((1, 1)),
+                            jnp.zeros((1, 1, 4, mcfg.text_dim)), jnp.ones((1, 1, 4), bool),
+                            jnp.zeros((1, 1), jnp.int32))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          ema=params if config.ema_decay else None, rng=jax.random.PRNGKey(config.seed),
+                          bad_step=jnp.full((), -1, jnp.int32))
+
+    init_rng = jax.random.PRNGKey(config.seed)
+    abstract = jax.eval_shape(init_state, init_rng)
+    state_sh = sharding.logical_shardings(abstract, mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sh)(init_rng)
+    frozen = jax.device_put(frozen, sharding.replicated(mesh))
+
+    # 5. Restore (latest checkpoint), else optional init from pretrained weights.
+    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                         async_save=config.checkpoint.async_save)
+    best = checkpointing.make_best_manager(workdir)
+    restored, start = checkpointing.restore_latest(
+        manager, checkpointing.abstract_with_shardings(nn.unbox(abstract), state_sh), data_iter)
+    if restored is not None:
+        state = restored
+        logging.info("resumed from step %d", start)
+    elif config.init_from:
+        state = state.replace(params=load_init_params(config.init_from, mcfg, state_sh.params))
+
+    # 6. The update step: jit with explicit shardings, state donated.
+    def train_step(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        src = enc.encode_images(frozen, batch["source"])
+        tgt = enc.encode_images(frozen, batch["target"])
+        text, text_mask = batch["text"], batch["text_mask"]  # embedded on the host (cached)
+        null_text, null_mask = enc.null_text()
+        loss_fn = functools.partial(
+            stage1.loss_fn, model=model, rng=rng, source=src, target=tgt, text=text, text_mask=text_mask,
+            null_text=null_text, null_mask=null_mask, edit_mask=enc.latent_mask(batch["mask"]),
+            has_mask=batch["has_mask"], cfg=config.stage1)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if config.debug.nan_at_step >= 0:  # test hook: poison one step
+            loss = jnp.where(state.step == config.debug.nan_at_step, jnp.nan, loss)
+            grads = jax.tree.map(lambda g: jnp.where(state.step == config.debug.nan_at_step, jnp.nan, g), grads)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # A non-finite step changes nothing and is remembered; the host stops at the next check.
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        ema = optim.ema_update(state.ema, params, config.ema_decay) if config.ema_decay else None
+        bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, bad_step=bad)
+        lr = schedule(state.step // config.optim.grad_accum_steps)
+        return new, {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params),
+                     "lr": lr, **aux}
+
+    text_cache = encoders.TextEmbeddingCache(enc, frozen, config.text.cache_entries)
+
+    def next_batch():
+        b = next(data_iter)
+        b["text"], b["text_mask"] = text_cache(b.pop("instruction_ids"), b.pop("instruction_mask"))
+        return {k: b[k] for k in ("source", "target", "mask", "has_mask", "text", "text_mask")}
+
+    ranks = dict(source=4, target=4, mask=3, has_mask=1, text=3, text_mask=2)
+    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in ranks.items()}
+    repl = sharding.replicated(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        step_fn = jax.jit(train_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
+                          donate_argnums=(0,))
+    val = samples.Stage1Validation(config, enc, tokenize, model)
+
+    # 7. Loop.
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
+    step_flops = 3 * config.batch_size * metrics.dit_forward_flops(mcfg, 2, n_tokens, config.text.max_length, 1.5)
+    peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
+    preempt = checkpointing.PreemptionFlag()
+    bar = tqdm(total=total_steps, initial=start, disable=not is_main or not config.progress_bar, desc="train",
+               dynamic_ncols=True)
+    last = {}
+    t0, s0 = time.perf_counter(), start
+    try:
+        for step in range(start, total_steps):
+            batch = global_batch(next_batch(), batch_sh)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+                state, m = step_fn(state, frozen, batch)
+            bar.update(1)
+            done = step + 1
+            if config.debug.step_sleep:  # test hook: leaves time to kill or preempt a run
+                jax.block_until_ready(state.step)
+                time.sleep(config.debug.step_sleep)
+            boundary = (done % config.log_every == 0 or done == total_steps or done % config.checkpoint.every == 0
+                        or done % config.eval_every == 0)
+            if boundary:
+                bad = int(jax.device_get(state.bad_step))
+                if bad >= 0:
+                    raise NonFiniteError(f"non-finite loss or gradients at step {bad}; stopped without saving "
+                                         f"(last checkpoint: step {manager.latest_step()})")
+            if done % config.log_every == 0 or done == total_steps:
+                m = jax.device_get(m)
+                dt = time.perf_counter() - t0
+                rate = (done - s0) / max(dt, 1e-9)
+                m.update(steps_per_sec=rate, tokens_per_sec=rate * config.batch_size * 2 * n_tokens)
+                if peak:
+                    m["mfu"] = rate * step_flops / (peak * jax.device_count())
+                writer.write(done, m)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
+                last = m
+                t0, s0 = time.perf_counter(), done
+            if done % config.eval_every == 0 or done == total_steps:
+                vm = val.run(state.params if state.ema is None else state.ema, frozen, done, workdir, is_main)
+                writer.write(done, vm)
+                best.save(done, args=checkpointing.ocp.args.Composite(
+                    params=checkpointing.ocp.args.StandardSave(state.params)), metrics={"val_loss": vm["val_loss"]})
+                last.update(vm)
+            if done % config.checkpoint.every == 0 or done == total_steps:
+                checkpointing.save(manager, done, state, data_iter)
+            if preempt.should_stop(done):
+                logging.warning("SIGTERM: saving step %d and exiting", done)
+                checkpointing.save(manager, done, state, data_iter, force=True)
+                break
+    finally:
+        manager.wait_until_finished()
+        bar.close()
+        writer.close()
+        preempt.restore()
+    return {k: float(v) for k, v in last.items()}
+
+
+def load_init_params(path: str, mcfg, shardings):
+    """Params from a diffusers transformer folder or an anchoredit_jax params folder."""
+    from anchoredit_jax import interop
+
+    if os.path.exists(os.path.join(path, "params")):
+        model, params = interop.load_jax_params(path)
+    else:
+        model, params = interop.load_diffusers_transformer(path)
+    diff = {k: (getattr(mcfg, k), getattr(model.config, k)) for k in interop.SHAPE_FIELDS
+            if getattr(mcfg, k) != getattr(model.config, k)}
+    if diff:
+        raise ValueError(f"init_from {path} does not match config.model: (config, checkpoint) = {diff}")
+    return jax.device_put(params, shardings)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go; resumed if present.")
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--config and --workdir are required")
+    result = train(_CONFIG.value, _WORKDIR.value)
+    if jax.process_index() == 0:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

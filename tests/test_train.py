@@ -1,0 +1,136 @@
+"""Stage-1 training: sharding invariance, exact resume after SIGKILL, SIGTERM, NaN guard, 2 processes."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from anchoredit_jax import train as train_lib
+from anchoredit_jax.config_lib import load_config
+from anchoredit_jax.metrics import read_jsonl
+
+CONFIG = "configs/stage1_shapes.py"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+    base = {"val.sample_every": 0, "eval_every": 1000}
+    return load_config(os.path.join(ROOT, CONFIG), "test", **{**base, **overrides})
+
+
+def _cmd(workdir, **overrides):
+    base = {"val.sample_every": 0, "eval_every": 1000}
+    flags = [f"--config.{k}={v}" for k, v in {**base, **overrides}.items()]
+    return [sys.executable, "-m", "anchoredit_jax.train", f"--config={CONFIG}:test", f"--workdir={workdir}", *flags]
+
+
+def _env(devices=1, **extra):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _losses(workdir):
+    out = {}
+    for row in read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+        if "loss" in row:
+            out[row["step"]] = row["loss"]  # a resumed run overwrites the killed run's steps
+    return out
+
+
+def _params(workdir, step):
+    with ocp.StandardCheckpointer() as ck:
+        return ck.restore(os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
+
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, f"training exited early with {proc.returncode}"
+        assert time.time() - t0 < timeout, f"{path} did not appear"
+        time.sleep(0.2)
+
+
+def test_sharded_step_equals_single_device(tmp_path):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    runs = {}
+    for name, mesh in (("one", dict(data=1, fsdp=1, tensor=1, num_devices=1)),
+                       ("mesh222", dict(data=2, fsdp=2, tensor=2, num_devices=0))):
+        cfg = _config(num_steps=2, **{"checkpoint.every": 2, "checkpoint.async_save": False})
+        cfg.mesh.update(mesh)
+        train_lib.train(cfg, str(tmp_path / name))
+        runs[name] = (_losses(tmp_path / name), _params(tmp_path / name, 2))
+    (l1, p1), (l8, p8) = runs["one"], runs["mesh222"]
+    print(f"losses one device {l1}, (2,2,2) mesh {l8}")
+    np.testing.assert_allclose([l1[1], l1[2]], [l8[1], l8[2]], rtol=1e-5)
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p1, p8))
+    print(f"max param difference after 2 steps: {max(diffs):.1e}")
+    assert max(diffs) <= 1e-5
+
+
+def test_sigkill_resume_is_exact(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cmd(full, num_steps=12, **{"checkpoint.every": 6}), env=_env(), check=True,
+                   capture_output=True)
+    proc = subprocess.Popen(_cmd(killed, num_steps=12, **{"checkpoint.every": 6, "debug.step_sleep": 0.5}),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(killed / "checkpoints" / "6", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(_losses(killed)) < 12, "the run finished before it was killed"
+    subprocess.run(_cmd(killed, num_steps=12, **{"checkpoint.every": 6}), env=_env(), check=True,
+                   capture_output=True)
+    a, b = _losses(full), _losses(killed)
+    print({s: (a[s], b[s]) for s in range(7, 13)})
+    assert [a[s] for s in range(1, 13)] == [b[s] for s in range(1, 13)]  # bit-identical, data included
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    proc = subprocess.Popen(_cmd(tmp_path, num_steps=200, **{"checkpoint.every": 3, "debug.step_sleep": 0.3}),
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for(tmp_path / "checkpoints" / "3", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps[-1] > 3 and steps[-1] < 200  # a save at the step where SIGTERM arrived
+    assert _params(tmp_path, steps[-1])  # restorable
+
+
+def test_nan_is_caught_named_and_not_saved(tmp_path):
+    cfg = _config(num_steps=10, **{"debug.nan_at_step": 3, "checkpoint.every": 2, "checkpoint.async_save": False})
+    with pytest.raises(train_lib.NonFiniteError, match="at step 3"):
+        train_lib.train(cfg, str(tmp_path))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps == [2]  # nothing written after the poisoned step
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(_params(tmp_path, 2)))
+
+
+def test_two_processes_train_and_resume(tmp_path):
+    """jax.distributed on localhost: 2 processes x 4 CPU devices train 3 steps, then resume to 6."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(num_steps, port):
+        procs = [subprocess.Popen(_cmd(tmp_path, num_steps=num_steps, **{"checkpoint.every": 3}),
+                                  env=_env(4, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                           JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        for p in procs:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err[-3000:]
+
+    run(3, port)
+    assert (tmp_path / "checkpoints" / "3").exists()
+    run(6, port + 1 if port < 65000 else port - 1)
+    losses = _losses(tmp_path)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(list(losses.values())))
