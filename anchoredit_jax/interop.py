@@ -27,6 +27,9 @@ from safetensors.flax import save_file
 from anchoredit_jax.model import DiTConfig, WanDiT, abstract_params
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+# DiTConfig fields that fix the weights' shapes (the rest is numerics and RoPE numbering).
+SHAPE_FIELDS = ("num_layers", "num_heads", "head_dim", "ffn_dim", "in_channels", "out_channels", "text_dim",
+                "freq_dim", "patch_size", "cross_attn_norm")
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
