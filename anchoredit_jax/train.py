@@ -118,7 +118,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = restored
         logging.info("resumed from step %d", start)
     elif config.init_from:
-        state = state.replace(params=load_init_params(config.init_from, mcfg, state_sh.params))
+        state = state.replace(params=load_init_params(config.init_from, state.params,
+                                                      tuple(config.get("init_reinit", ())), state_sh.params))
 
     # 6. The update step: jit with explicit shardings, state donated.
     def train_step(state: TrainState, frozen, batch):
@@ -222,19 +223,35 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {k: float(v) for k, v in last.items()}
 
 
-def load_init_params(path: str, mcfg, shardings):
-    """Params from a diffusers transformer folder or an anchoredit_jax params folder."""
+def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings):
+    """Params from a diffusers transformer folder or an anchoredit_jax params folder.
+
+    Tensors named in `reinit` ("a/b/kernel" paths) keep their fresh initialisation (e.g. the text
+    projection when the text encoder differs from the checkpoint's); every other tensor must match
+    in shape, and the first one that does not is named.
+    """
     from anchoredit_jax import interop
 
     if os.path.exists(os.path.join(path, "params")):
-        model, params = interop.load_jax_params(path)
+        _, loaded = interop.load_jax_params(path)
     else:
-        model, params = interop.load_diffusers_transformer(path)
-    diff = {k: (getattr(mcfg, k), getattr(model.config, k)) for k in interop.SHAPE_FIELDS
-            if getattr(mcfg, k) != getattr(model.config, k)}
-    if diff:
-        raise ValueError(f"init_from {path} does not match config.model: (config, checkpoint) = {diff}")
-    return jax.device_put(params, shardings)
+        _, loaded = interop.load_diffusers_transformer(path)
+    flat_new = flax.traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
+    flat_old = flax.traverse_util.flatten_dict(loaded, sep="/")
+    unknown = [k for k in reinit if k not in flat_new]
+    if unknown:
+        raise ValueError(f"init_reinit names {unknown[0]!r}, which is not a parameter of this model")
+    for key, value in flat_new.items():
+        if key in reinit:
+            continue
+        if key not in flat_old or flat_old[key].shape != value.shape:
+            got = flat_old[key].shape if key in flat_old else "nothing"
+            raise ValueError(f"init_from {path}: parameter {key!r} is {value.shape} in this model and {got} in "
+                             "the checkpoint (list it in config.init_reinit to initialise it afresh)")
+        flat_new[key] = flat_old[key]
+    logging.info("initialised from %s (fresh: %s)", path, list(reinit) or "none")
+    params = flax.traverse_util.unflatten_dict(flat_new, sep="/")
+    return params if shardings is None else jax.device_put(params, shardings)
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")

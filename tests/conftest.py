@@ -1,11 +1,15 @@
 """Test setup: 8 simulated CPU devices so mesh/sharding code runs, fp32 matmuls for parity."""
 import os
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Training tests start the same small programs in several subprocesses: a persistent XLA cache
+# (inherited through the environment) compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "anchoredit_jax_xla_cache"))
 
 import jax  # noqa: E402
 

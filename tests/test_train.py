@@ -134,3 +134,28 @@ def test_two_processes_train_and_resume(tmp_path):
     run(6, port + 1 if port < 65000 else port - 1)
     losses = _losses(tmp_path)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(np.isfinite(list(losses.values())))
+
+
+def test_init_from_diffusers_with_reinit(tmp_path):
+    """init_from copies every tensor, except those listed in init_reinit, and names a mismatch."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    import flax.linen as nn
+    from anchoredit_jax.config_lib import model_config
+    from anchoredit_jax.model import init_params
+
+    mcfg = model_config(_config())
+    torch.manual_seed(0)
+    peer = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=mcfg.num_heads, attention_head_dim=mcfg.head_dim,
+        in_channels=16, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=mcfg.ffn_dim, num_layers=mcfg.num_layers)
+    peer.save_pretrained(tmp_path / "dit", safe_serialization=True)
+    fresh = nn.unbox(init_params(mcfg, jax.random.key(0)))
+    with pytest.raises(ValueError, match="text_embedder/linear_1/kernel"):
+        train_lib.load_init_params(str(tmp_path / "dit"), fresh, (), None)
+    key = "condition_embedder/text_embedder/linear_1/kernel"
+    params = train_lib.load_init_params(str(tmp_path / "dit"), fresh, (key,), None)
+    np.testing.assert_array_equal(params["condition_embedder"]["text_embedder"]["linear_1"]["kernel"],
+                                  fresh["condition_embedder"]["text_embedder"]["linear_1"]["kernel"])
+    np.testing.assert_array_equal(params["blocks"]["attn1"]["to_q"]["kernel"][1],
+                                  peer.blocks[1].attn1.to_q.weight.detach().numpy().T)
