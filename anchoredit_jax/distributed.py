@@ -13,6 +13,16 @@ from absl import logging
 
 
 def _cluster_detected() -> bool:
+    if os.environ.get("ANCHOREDIT_DISTRIBUTED") == "1":  # explicit opt-in (launch/tpu_pod.sh sets it)
+        return True
+    try:  # jax's own detectors (Cloud TPU VMs read their worker list from the metadata server)
+        from jax._src import clusters
+
+        for env in clusters.ClusterEnv._cluster_types:
+            if env.__name__ not in ("SlurmCluster", "OmpiCluster") and env.is_env_present():
+                return True
+    except Exception:  # noqa: BLE001  (private API; fall back to the environment checks below)
+        pass
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
         return True
     if len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:

@@ -1,0 +1,256 @@
+"""launch/: the TPU-pod and Slurm launchers, run with bash in dry-run mode and against fake gcloud/srun.
+
+The fakes record their argv; the remote command that gcloud would send is then run by a local bash
+with a fake python3, so the quoting is checked end to end (a value with spaces and a quote arrives
+as one argument). Each check is a few bash processes: the whole file takes well under a second.
+"""
+import os
+import shlex
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TPU = os.path.join(ROOT, "launch", "tpu_pod.sh")
+SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
+CONFIG = "configs/tiny.py"
+NOTE = "--config.note=it's a b"  # a space and a single quote: must arrive as one argument
+OVERRIDES = ["--config.batch_size=8", NOTE]
+
+# Records its arguments, NUL-separated, one file per call; for scp also keeps the copied file.
+FAKE_GCLOUD = r"""#!/bin/bash
+n=$(ls "$FAKE_OUT" | grep -c '^call' || true)
+printf '%s\0' "$@" > "$FAKE_OUT/call$n"
+if [[ $4 == scp ]]; then cp "${@: -2:1}" "$FAKE_OUT/"; fi
+"""
+FAKE_ARGV = r"""#!/bin/bash
+printf '%s\0' "$@" > "$FAKE_OUT/argv"
+env > "$FAKE_OUT/env"
+"""
+
+
+def _env(**extra):
+    """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
+    drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
+            "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    env.update(extra)
+    return env
+
+
+def _bash(script, *args, env=None, cwd=ROOT):
+    return subprocess.run(["bash", script, *args], capture_output=True, text=True, env=env or _env(), cwd=cwd,
+                          timeout=30)
+
+
+def _commands(stdout):
+    """The printed commands of a dry run, each split as a shell would."""
+    return [shlex.split(line) for line in stdout.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _option(argv, name):
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(name + "=")]
+    assert len(values) == 1, (name, argv)
+    return values[0]
+
+
+def _fakes(tmp_path, **scripts):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    return _env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_OUT=str(out)), out
+
+
+def _read_argv(path):
+    return path.read_bytes().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("script", [TPU, SLURM])
+def test_bash_syntax(script):
+    res = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.parametrize("script", [TPU, SLURM])
+def test_shellcheck(script):
+    res = subprocess.run(["shellcheck", "--shell=bash", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- TPU
+
+
+def _tpu_args(workdir="/mnt/shared/run 1"):
+    return ["--name", "my-tpu", "--zone=us-central2-b", "--project", "proj", "--config", CONFIG,
+            "--workdir", workdir, *OVERRIDES]
+
+
+def test_tpu_dry_run_prints_the_gcloud_command():
+    res = _bash(TPU, *_tpu_args(), "--dry-run", "--", "--verbosity=1")
+    assert res.returncode == 0, res.stderr
+    (cmd,) = _commands(res.stdout)
+    assert cmd[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-tpu"]
+    assert "--worker=all" in cmd and "--zone=us-central2-b" in cmd and "--project=proj" in cmd
+    remote = shlex.split(_option(cmd, "--command"))
+    assert remote[:3] == ["cd", "anchoredit_jax", "&&"]
+    assert remote[remote.index("-m") - 1:] == [
+        "python3", "-m", "anchoredit_jax.train", f"--config={CONFIG}", "--workdir=/mnt/shared/run 1", *OVERRIDES,
+        "--verbosity=1"]
+    assert "PYTHONUNBUFFERED=1" in remote
+    assert "# on every worker: cd anchoredit_jax && env" in res.stdout  # readable copy of the remote command
+
+
+def test_tpu_runs_gcloud_with_exact_arguments(tmp_path):
+    env, out = _fakes(tmp_path, gcloud=FAKE_GCLOUD)
+    res = _bash(TPU, *_tpu_args(), "--env", "GREETING=hello world", env=env)
+    assert res.returncode == 0, res.stderr
+    argv = _read_argv(out / "call0")
+    assert argv[:5] == ["compute", "tpus", "tpu-vm", "ssh", "my-tpu"] and "--worker=all" in argv
+    # What every worker's shell would do with --command: run it here, with a fake python3.
+    env, out = _fakes(tmp_path, python3=FAKE_ARGV)
+    (tmp_path / "anchoredit_jax").mkdir()
+    res = subprocess.run(["bash", "-c", _option(argv, "--command")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert _read_argv(out / "argv") == ["-m", "anchoredit_jax.train", f"--config={CONFIG}",
+                                        "--workdir=/mnt/shared/run 1", *OVERRIDES]
+    assert "GREETING=hello world\n" in (out / "env").read_text()
+
+
+def test_tpu_setup_copies_the_tree_and_installs(tmp_path):
+    res = _bash(TPU, *_tpu_args(), "--setup", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    scp, setup, train = _commands(res.stdout)
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in scp
+    assert scp[-1] == "my-tpu:anchoredit_jax_src.tar.gz"
+    setup_remote = _option(setup, "--command")
+    assert "--worker=all" in setup and "tar -xzf anchoredit_jax_src.tar.gz" in setup_remote
+    assert shlex.split(setup_remote)[-8:] == ["python3", "-m", "pip", "install", "-q", "-e", ".", "jax[tpu]"]
+    assert "anchoredit_jax.train" in _option(train, "--command")
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: the real setup packs git-visible files")
+    env, out = _fakes(tmp_path, gcloud=FAKE_GCLOUD)
+    res = _bash(TPU, "--name", "t", "--zone", "z", "--setup-only", env=env)
+    assert res.returncode == 0, res.stderr
+    assert len(list(out.glob("call*"))) == 2  # scp, then the remote install; no training
+    with tarfile.open(out / "anchoredit_jax_src.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"setup.py", "anchoredit_jax/train.py", "launch/tpu_pod.sh", CONFIG} <= names
+    assert not any(n.startswith((".git/", ".venv/")) or "__pycache__" in n for n in names)
+
+
+def test_tpu_stop_and_detach():
+    res = _bash(TPU, "--name", "t", "--zone", "z", "--stop", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    (cmd,) = _commands(res.stdout)
+    assert "--worker=all" in cmd
+    assert "pkill -TERM" in _option(cmd, "--command") and "anchoredit_jax[.]train" in _option(cmd, "--command")
+    res = _bash(TPU, *_tpu_args(), "--detach", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    remote = _option(_commands(res.stdout)[0], "--command")
+    assert "setsid nohup env" in remote and ">> train.log 2>&1 < /dev/null &" in remote
+
+
+@pytest.mark.parametrize("drop, message", [
+    ("--name", "--name is required"), ("--zone", "--zone is required"),
+    ("--config", "--config is required"), ("--workdir", "--workdir is required")])
+def test_tpu_missing_argument(drop, message):
+    args = _tpu_args()
+    if drop == "--zone":
+        args = [a for a in args if not a.startswith("--zone")]
+    else:
+        i = args.index(drop)
+        del args[i:i + 2]
+    res = _bash(TPU, *args, "--dry-run")
+    assert res.returncode == 2 and message in res.stderr and res.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--name"], "--name needs a value"),
+    (["--name", "--zone", "z"], "--name needs a value"),
+    (["--bogus=1"], "unknown option '--bogus'"),
+    (["stray"], "unexpected argument 'stray'"),
+    (["--name", "t", "--zone", "z", "--config", CONFIG, "--workdir", "gs://bucket/run"], "gcsfuse"),
+    (["--name", "t", "--zone", "z", "--env", "1X=2"], "--env wants KEY=VALUE"),
+])
+def test_tpu_bad_arguments(args, message):
+    res = _bash(TPU, *args, "--dry-run")
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_tpu_help():
+    res = _bash(TPU, "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "--dry-run" in res.stdout and "--setup" in res.stdout
+
+
+# -------------------------------------------------------------------------------------------- Slurm
+
+
+def test_slurm_header():
+    header = [line.split(None, 1)[1].strip() for line in open(SLURM) if line.startswith("#SBATCH")]
+    for want in ("--ntasks-per-node=1", "--gpus-per-node=8", "--signal=TERM@300"):
+        assert want in header
+    assert {h.split("=")[0] for h in header} >= {"--nodes", "--cpus-per-task", "--time", "--output"}
+
+
+def test_slurm_dry_run_positional():
+    res = _bash(SLURM, CONFIG, "/shared/run 1", *OVERRIDES, env=_env(DRY_RUN="1"))
+    assert res.returncode == 0, res.stderr
+    cd, *exports, srun = _commands(res.stdout)
+    assert cd == ["cd", ROOT]
+    exported = dict(e[1].split("=", 1) for e in exports)
+    assert exported["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3,4,5,6,7" and exported["NCCL_DEBUG"] == "WARN"
+    assert exported["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.90"
+    assert srun[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert srun[srun.index("-m") - 1:] == ["python3", "-m", "anchoredit_jax.train", f"--config={CONFIG}",
+                                           "--workdir=/shared/run 1", *OVERRIDES]
+
+
+def test_slurm_dry_run_environment():
+    env = _env(DRY_RUN="1", CONFIG=CONFIG, WORKDIR="/w", SLURM_JOB_NUM_NODES="4", SLURM_CPUS_PER_TASK="16",
+               SLURM_GPUS_PER_NODE="h100:4", XLA_FLAGS="--xla_dump_to=/tmp/x", VENV="/opt/venv", NCCL_DEBUG="INFO")
+    res = _bash(SLURM, "--", "--config.seed=3", env=env)
+    assert res.returncode == 0, res.stderr
+    cd, *exports, srun = _commands(res.stdout)
+    exported = dict(e[1].split("=", 1) for e in exports)
+    assert exported["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3" and exported["NCCL_DEBUG"] == "INFO"
+    assert exported["XLA_FLAGS"] == "--xla_gpu_enable_latency_hiding_scheduler=true --xla_dump_to=/tmp/x"
+    assert "--nodes=4" in srun and "--cpus-per-task=16" in srun
+    assert srun[srun.index("-m") - 1:] == ["/opt/venv/bin/python", "-m", "anchoredit_jax.train", f"--config={CONFIG}",
+                                           "--workdir=/w", "--config.seed=3"]
+
+
+def test_slurm_runs_srun_with_exact_arguments(tmp_path):
+    env, out = _fakes(tmp_path, srun=FAKE_ARGV)
+    env.update(SLURM_JOB_ID="42", SLURM_SUBMIT_DIR=ROOT, SLURM_JOB_NUM_NODES="2")
+    res = _bash(SLURM, CONFIG, "/shared/run 1", *OVERRIDES, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    argv = _read_argv(out / "argv")
+    assert argv == ["--ntasks-per-node=1", "--kill-on-bad-exit=1", "--nodes=2", "python3", "-m",
+                    "anchoredit_jax.train", f"--config={CONFIG}", "--workdir=/shared/run 1", *OVERRIDES]
+    assert "JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7\n" in (out / "env").read_text()
+    assert f"PWD={ROOT}\n" in (out / "env").read_text()  # runs in the submit directory
+
+
+@pytest.mark.parametrize("args, extra, message", [
+    ([], {}, "no config"),
+    ([CONFIG], {}, "no workdir"),
+    (["--config.seed=1"], {"WORKDIR": "/w"}, "no config"),
+    (["configs/does_not_exist.py", "/w"], {}, "does not exist"),
+    ([CONFIG, "/w"], {"DRY_RUN": "0"}, "not inside a Slurm allocation"),
+])
+def test_slurm_errors(args, extra, message):
+    res = _bash(SLURM, *args, env=_env(**{"DRY_RUN": "1", **extra}))
+    assert res.returncode == 2 and message in res.stderr and "srun" not in res.stdout, res.stderr
+
+
+def test_slurm_help():
+    res = _bash(SLURM, "--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout and "DRY_RUN=1" in res.stdout
