@@ -1,0 +1,87 @@
+"""Multi-turn editing in latent space: one turn = sample a frame from the memory, then write it.
+
+    mem = editor.start(model, params, source_latent, null_text, null_mask, window=4)
+    turn = jax.jit(functools.partial(editor.edit_turn, model, settings))  # compiled once
+    latent, mem = turn(params, mem, text, text_mask, null_text, null_mask, rng)
+    latents, mem = editor.edit_sequence(model, settings, params, mem, texts, masks, null_text, null_mask, rng)
+
+A turn generates its frame in `memory` mode (it sees the anchor, the window and itself) with a
+rectified-flow sampler and classifier-free guidance (both branches in one batch), then runs the
+DiT once at t=0 on the result with the turn's own instruction to append it to the memory. The
+memory has a fixed shape, so every turn, the 2nd or the 30th, runs the same compiled program.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from anchoredit_jax import memory as mem_lib
+from anchoredit_jax import sampler
+from anchoredit_jax.model import WanDiT
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """How a turn is sampled (static: part of the compiled program)."""
+
+    num_steps: int = 20
+    method: str = "euler"  # euler | midpoint | fireflow
+    shift: float = 1.0
+    guidance: float = 3.0  # classifier-free guidance on the instruction; 1.0 = none
+
+
+def start(model: WanDiT, params, source, null_text, null_mask, *, window: int, keep_anchor: bool = True):
+    """A memory holding the source frame, written with the null instruction.
+
+    source: [B, h, w, C] latents; null_text [B, L, D], null_mask [B, L].
+    """
+    b, h, w, _ = source.shape
+    mem = mem_lib.init_memory(model.config, b, (h, w), window=window, keep_anchor=keep_anchor)
+    return mem_lib.update(model, params, mem, source, null_text, null_mask)
+
+
+def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask):
+    """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch."""
+    b = text.shape[0]
+    two = lambda x, axis=0: jnp.concatenate([x, x], axis=axis)  # noqa: E731
+    m = mem_lib.read(mem)
+    m2 = {"k": two(m["k"], 1), "v": two(m["v"], 1), "positions": two(m["positions"]), "valid": two(m["valid"])}
+    pos = two(mem_lib.query_position(mem))[:, None]
+    texts = jnp.concatenate([text, null_text])[:, None]
+    masks = jnp.concatenate([text_mask, null_mask])[:, None]
+
+    def fn(x, t):
+        v = model.apply({"params": params}, two(x)[:, None], jnp.full((2 * b, 1), t), texts, masks, pos,
+                        mode="memory", memory=m2)[:, 0]
+        return v[:b], v[b:]
+
+    return fn
+
+
+def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_mask, null_text, null_mask, rng):
+    """One turn: text [B, L, D], text_mask [B, L] -> (latent [B, h, w, C], memory with the latent)."""
+    fn = velocity_fn(model, params, mem, text, text_mask, null_text, null_mask)
+    noise = jax.random.normal(rng, (text.shape[0],) + mem.latent_shape)
+    latent = sampler.sample(sampler.guided(fn, settings.guidance), noise, settings.num_steps,
+                            method=settings.method, shift=settings.shift)
+    return latent, mem_lib.update(model, params, mem, latent, text, text_mask)
+
+
+def edit_sequence(model: WanDiT, settings: SamplerSettings, params, mem, texts, text_masks, null_text, null_mask,
+                  rng):
+    """All turns as one lax.scan with the memory as the carry.
+
+    texts [K, B, L, D], text_masks [K, B, L] -> (latents [K, B, h, w, C], final memory).
+    Turn k uses jax.random.fold_in(rng, k), as an interactive session does.
+    """
+    def body(mem, xs):
+        k, text, mask = xs
+        latent, mem = edit_turn(model, settings, params, mem, text, mask, null_text, null_mask,
+                                jax.random.fold_in(rng, k))
+        return mem, latent
+
+    turns = jnp.arange(texts.shape[0])
+    mem, latents = jax.lax.scan(body, mem, (turns, texts, text_masks))
+    return latents, mem

@@ -1,0 +1,115 @@
+"""Anchor memory: a fixed-size key/value cache of earlier turns (anchor slot + rolling window).
+
+State (a pytree of fixed shape, so it is the carry of `lax.scan` over turns):
+  k, v   [L, B, S, N, H, hd]  per layer keys (RMS-normalised, WITHOUT RoPE) and values
+  valid  [B, S]               slots holding a frame; always a prefix (what cuDNN's key lengths need)
+  count  []                   frames written so far (the source is frame 0)
+with S = 1 + W when the anchor is kept (slot 0 = the source, forever) and S = W without it.
+
+RoPE positions are assigned when the memory is read, by slot: anchor at 0, window slots 1..W,
+the frame being generated right after the last valid slot. Until the window fills, that is
+simply turn numbering 0..k (so memory equals full block-causal recomputation); afterwards turn 30
+sits where turn W+1 sat in training. Training (stage 2) and inference share this numbering.
+`update` runs the DiT once at t=0 on the accepted frame with that turn's own instruction.
+"""
+from __future__ import annotations
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+
+from anchoredit_jax.model import DiTConfig, WanDiT
+
+
+@flax.struct.dataclass
+class AnchorMemory:
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    count: jax.Array
+    window: int = flax.struct.field(pytree_node=False)
+    keep_anchor: bool = flax.struct.field(pytree_node=False)
+    latent_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)  # (h, w, C) of one frame
+
+    @property
+    def num_slots(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
+
+
+def init_memory(config: DiTConfig, batch: int, latent_hw: tuple[int, int], *, window: int, keep_anchor: bool = True,
+                dtype=None) -> AnchorMemory:
+    """An empty memory for frames of latent_hw = (h, w). dtype defaults to the model's compute dtype."""
+    if window < 1:
+        raise ValueError(f"memory window must be >= 1, got {window}")
+    slots = window + int(keep_anchor)
+    h, w = latent_hw
+    tokens = (h // config.patch_size[1]) * (w // config.patch_size[2])
+    shape = (config.num_layers, batch, slots, tokens, config.num_heads, config.head_dim)
+    dtype = jnp.dtype(dtype or config.dtype)
+    return AnchorMemory(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, slots), bool),
+                        count=jnp.zeros((), jnp.int32), window=window, keep_anchor=keep_anchor,
+                        latent_shape=(h, w, config.in_channels))
+
+
+def _offset(mem: AnchorMemory):
+    """Position of window slot 0: 1 behind a written anchor, else 0."""
+    return jnp.where(mem.keep_anchor & (mem.count > 0), 1, 0).astype(jnp.int32)
+
+
+def query_position(mem: AnchorMemory):
+    """[B] RoPE turn position of the next frame: right after the last valid slot."""
+    n_window = mem.valid.sum(-1) - jnp.where(mem.keep_anchor & (mem.count > 0), 1, 0)
+    return (_offset(mem) + n_window).astype(jnp.int32)
+
+
+def read(mem: AnchorMemory) -> dict:
+    """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S]."""
+    b, s = mem.valid.shape
+    slot = jnp.arange(s, dtype=jnp.int32)
+    if mem.keep_anchor:
+        pos = jnp.where(slot == 0, 0, slot)  # anchor 0, window slots 1..W
+    else:
+        pos = slot
+    return {"k": mem.k, "v": mem.v, "positions": jnp.broadcast_to(pos, (b, s)), "valid": mem.valid}
+
+
+def write(mem: AnchorMemory, k_new, v_new) -> AnchorMemory:
+    """Appends one frame's keys/values [L, B, N, H, hd]: the anchor slot first (if kept), then the
+    window; a full window drops its oldest frame (shift left) and writes at the end."""
+    chex.assert_equal_shape([k_new, v_new])
+    chex.assert_shape(k_new, mem.k.shape[:2] + mem.k.shape[3:])
+    a = int(mem.keep_anchor)
+    if a:
+        to_anchor = mem.count == 0
+    else:
+        to_anchor = jnp.zeros((), bool)
+    n_window = mem.valid[:, a:].sum(-1)[0]  # batch elements move in lockstep
+    full = n_window >= mem.window
+
+    def shifted(x):  # window part shifted left by one slot when full
+        win = x[:, :, a:]
+        win = jnp.where(full, jnp.roll(win, -1, axis=2), win)
+        return jnp.concatenate([x[:, :, :a], win], axis=2) if a else win
+
+    k, v = shifted(mem.k), shifted(mem.v)
+    slot = jnp.where(to_anchor, 0, a + jnp.minimum(n_window, mem.window - 1))
+    k = jax.lax.dynamic_update_slice_in_dim(k, k_new[:, :, None].astype(k.dtype), slot, axis=2)
+    v = jax.lax.dynamic_update_slice_in_dim(v, v_new[:, :, None].astype(v.dtype), slot, axis=2)
+    valid = mem.valid.at[:, slot].set(True)
+    return mem.replace(k=k, v=v, valid=valid, count=mem.count + 1)
+
+
+def update(model: WanDiT, params, mem: AnchorMemory, clean, text, text_mask) -> AnchorMemory:
+    """Writes an accepted frame: one DiT pass at t=0, in memory mode, with its own instruction.
+
+    clean: [B, h, w, C] latent; text [B, L, D], text_mask [B, L] (the null instruction for the source).
+    """
+    b = clean.shape[0]
+    _, kv = model.apply({"params": params}, clean[:, None], jnp.zeros((b, 1)), text[:, None], text_mask[:, None],
+                        query_position(mem)[:, None], mode="memory", memory=read(mem), return_kv=True)
+    return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0])
