@@ -76,3 +76,36 @@ class PreemptionFlag:
             except RuntimeError:  # preemption service not set up (e.g. CPU runs)
                 return bool(multihost_utils.process_allgather(self.requested).any())
         return self.requested
+
+
+def load_trained(workdir: str, *, which: str = "ema"):
+    """A training workdir -> (experiment ConfigDict, DiTConfig, params) for editing/evaluation.
+
+    which: "ema" (the EMA params if the run kept them, else the raw ones), "params" (raw, latest
+    step) or "best" (best validation loss). Errors name what is missing.
+    """
+    import json
+
+    import ml_collections
+
+    from anchoredit_jax.config_lib import model_config
+
+    workdir = os.path.abspath(workdir)
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: it has no config.json")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    sub = "best" if which == "best" else "checkpoints"
+    if which not in ("ema", "params", "best"):
+        raise ValueError(f"which must be 'ema', 'params' or 'best', got {which!r}")
+    root = os.path.join(workdir, sub)
+    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"{root} holds no checkpoint")
+    item = "params" if which == "best" else "state"
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(os.path.join(root, str(steps[-1]), item))
+    if which != "best":
+        tree = tree["ema"] if which == "ema" and tree.get("ema") is not None else tree["params"]
+    return config, model_config(config), tree
