@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim, samples, sharding, stage1
+from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.config_lib import model_config
 from anchoredit_jax.data import pipeline
@@ -59,12 +59,50 @@ def global_batch(local: dict, shardings: dict) -> dict:
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
 
 
+STAGES = ("stage1", "stage2")
+BATCH_RANKS = {  # what the jitted step receives, per stage (leading axis: batch)
+    "stage1": dict(source=4, target=4, mask=3, has_mask=1, text=3, text_mask=2),
+    "stage2": dict(frames=5, mask=4, has_mask=2, turn_valid=2, text=4, text_mask=3),
+}
+
+
+def stage_loss(config, model, enc, frozen, batch, rng, step):
+    """params -> (loss, aux) for this stage's batch (images in, frozen encoders applied here)."""
+    null_text, null_mask = enc.null_text()
+    if config.stage == "stage1":
+        return functools.partial(
+            stage1.loss_fn, model=model, rng=rng, source=enc.encode_images(frozen, batch["source"]),
+            target=enc.encode_images(frozen, batch["target"]), text=batch["text"], text_mask=batch["text_mask"],
+            null_text=null_text, null_mask=null_mask, edit_mask=enc.latent_mask(batch["mask"]),
+            has_mask=batch["has_mask"], cfg=config.stage1)
+    return functools.partial(
+        stage2.loss_fn, model=model, rng=rng, frames=enc.encode_images(frozen, batch["frames"]), texts=batch["text"],
+        text_masks=batch["text_mask"], null_text=null_text, null_mask=null_mask,
+        edit_masks=enc.latent_mask(batch["mask"]), has_mask=batch["has_mask"], turn_valid=batch["turn_valid"],
+        ratio=stage2.rollout_ratio(step, config.stage2), cfg=config.stage2)
+
+
+def stage_flops(config, mcfg, n_tokens):
+    """Model FLOPs of one training example (forward = 1, backward = 2)."""
+    fwd = functools.partial(metrics.dit_forward_flops, mcfg, tokens_per_frame=n_tokens, text_len=config.text.max_length)
+    if config.stage == "stage1":
+        return 3 * fwd(num_frames=2, keys_per_frame=1.5)
+    c = config.stage2
+    slots = c.window + int(c.keep_anchor) + 1
+    per_turn = (3 + 2 * c.rollout_steps + 1) * fwd(num_frames=1, keys_per_frame=slots)
+    return config.data.num_turns * per_turn + fwd(num_frames=1, keys_per_frame=1)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 1. Distributed and mesh.
     distributed.maybe_initialize(config.get("distributed"))
     is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(**config.mesh)
     rules = sharding.rules_from_config(config.sharding_rules)
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_shards:
+        raise ValueError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} devices; "
+                         "change config.batch_size or config.mesh")
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -75,9 +113,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
     tokenize = te.make_tokenize_fn(config.text.max_length)
-    loader = pipeline.make_loader(make_source(config.data), kind="pair", batch_size=config.batch_size // jax.process_count(),
+    if config.stage not in STAGES:
+        raise ValueError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
+    kind = "pair" if config.stage == "stage1" else "sequence"
+    loader = pipeline.make_loader(make_source(config.data), kind=kind, batch_size=config.batch_size // jax.process_count(),
                                   seed=config.seed, tokenize=tokenize, first_turn_only=config.data.first_turn_only,
-                                  worker_count=config.data.worker_count)
+                                  worker_count=config.data.worker_count,
+                                  num_turns=config.data.num_turns if kind == "sequence" else None)
     data_iter = iter(loader)
 
     # 3. Model and frozen encoders.
@@ -124,14 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 6. The update step: jit with explicit shardings, state donated.
     def train_step(state: TrainState, frozen, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-        src = enc.encode_images(frozen, batch["source"])
-        tgt = enc.encode_images(frozen, batch["target"])
-        text, text_mask = batch["text"], batch["text_mask"]  # embedded on the host (cached)
-        null_text, null_mask = enc.null_text()
-        loss_fn = functools.partial(
-            stage1.loss_fn, model=model, rng=rng, source=src, target=tgt, text=text, text_mask=text_mask,
-            null_text=null_text, null_mask=null_mask, edit_mask=enc.latent_mask(batch["mask"]),
-            has_mask=batch["has_mask"], cfg=config.stage1)
+        loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         if config.debug.nan_at_step >= 0:  # test hook: poison one step
             loss = jnp.where(state.step == config.debug.nan_at_step, jnp.nan, loss)
@@ -152,12 +187,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     text_cache = encoders.TextEmbeddingCache(enc, frozen, config.text.cache_entries)
 
+    ranks = BATCH_RANKS[config.stage]
+
     def next_batch():
         b = next(data_iter)
         b["text"], b["text_mask"] = text_cache(b.pop("instruction_ids"), b.pop("instruction_mask"))
-        return {k: b[k] for k in ("source", "target", "mask", "has_mask", "text", "text_mask")}
+        return {k: b[k] for k in ranks}
 
-    ranks = dict(source=4, target=4, mask=3, has_mask=1, text=3, text_mask=2)
     batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in ranks.items()}
     repl = sharding.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -168,7 +204,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 7. Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
-    step_flops = 3 * config.batch_size * metrics.dit_forward_flops(mcfg, 2, n_tokens, config.text.max_length, 1.5)
+    frames_per_example = 2 if config.stage == "stage1" else config.data.num_turns + 1
+    step_flops = config.batch_size * stage_flops(config, mcfg, n_tokens)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
     preempt = checkpointing.PreemptionFlag()
     bar = tqdm(total=total_steps, initial=start, disable=not is_main or not config.progress_bar, desc="train",
@@ -196,9 +233,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t0
                 rate = (done - s0) / max(dt, 1e-9)
-                m.update(steps_per_sec=rate, tokens_per_sec=rate * config.batch_size * 2 * n_tokens)
+                m.update(steps_per_sec=rate, tokens_per_sec=rate * config.batch_size * frames_per_example * n_tokens)
                 if peak:
                     m["mfu"] = rate * step_flops / (peak * jax.device_count())
+                m.update({f"turn_loss/{i + 1}": v for i, v in enumerate(m.pop("turn_loss", []))})
                 writer.write(done, m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
                 last = m
@@ -224,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings):
-    """Params from a diffusers transformer folder or an anchoredit_jax params folder.
+    """Params from a training workdir (its EMA), a diffusers transformer folder or a params folder.
 
     Tensors named in `reinit` ("a/b/kernel" paths) keep their fresh initialisation (e.g. the text
     projection when the text encoder differs from the checkpoint's); every other tensor must match
@@ -232,7 +270,9 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings)
     """
     from anchoredit_jax import interop
 
-    if os.path.exists(os.path.join(path, "params")):
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir (e.g. stage 1 for stage 2)
+        _, _, loaded = checkpointing.load_trained(path, which="ema")
+    elif os.path.exists(os.path.join(path, "params")):
         _, loaded = interop.load_jax_params(path)
     else:
         _, loaded = interop.load_diffusers_transformer(path)

@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
         turn_stride=4, timestep_scale=1000.0,
         dtype="float32", attention_backend="auto", attention_strategy="loop", remat_policy="none",
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_devices=0))  # 0: all devices
     c.sharding_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
 
     c.data = ml_collections.ConfigDict(dict(

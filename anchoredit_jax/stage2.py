@@ -1,0 +1,106 @@
+"""Stage 2: causal AR forcing with self-rollout, one jitted lax.scan over turns.
+
+For a K-turn sequence (latents z_0 = source, z_1..z_K targets), the scan carries the anchor memory
+(memory.py, the same numbering as at inference; sequences longer than W+1 exercise eviction).
+At turn k:
+  1. loss: rectified flow on the ground-truth z_k given the memory (memory mode, query position
+     from the memory), weighted w_k = 1 + alpha (k-1)/(K-1), masked by turn validity;
+  2. rollout: the model samples frame k itself from the same memory in a few steps, under
+     stop_gradient (params are stop-gradiented for everything but the loss call);
+  3. the memory is updated with the generated frame (per example with probability `rollout_ratio`,
+     scheduled from 0 = teacher forcing to 1 = full self-rollout), never the ground truth once
+     the ratio is 1; history degradation (degrade.py) corrupts what is written.
+The anchor is always the real source. Gradients flow only through step 1.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from anchoredit_jax import degrade as degrade_lib
+from anchoredit_jax import editor, flow, sampler
+from anchoredit_jax import memory as mem_lib
+from anchoredit_jax.model import WanDiT
+
+
+def rollout_ratio(step, cfg):
+    """Linear ramp from cfg.ratio_start to cfg.ratio_end over [ratio_ramp_start, ratio_ramp_end) steps."""
+    span = max(cfg.ratio_ramp_end - cfg.ratio_ramp_start, 1)
+    frac = jnp.clip((step - cfg.ratio_ramp_start) / span, 0.0, 1.0)
+    return cfg.ratio_start + (cfg.ratio_end - cfg.ratio_start) * frac
+
+
+def draw(rng, b: int, k: int, latent_shape, cfg):
+    """All randomness of one stage-2 loss, drawn up front: t [B, K], noise [B, K, h, w, C], ..."""
+    kt, kn, kd, ku, kr = jax.random.split(rng, 5)
+    return {"t": flow.sample_timesteps(kt, (b, k), kind=cfg.timestep_sampling, shift=cfg.timestep_shift),
+            "noise": jax.random.normal(kn, (b, k) + tuple(latent_shape)),
+            "drop": jax.random.uniform(kd, (b, k)) < cfg.cfg_drop_prob,
+            "use_rollout_u": jax.random.uniform(ku, (b, k)),
+            "turn_keys": jax.random.split(kr, k)}
+
+
+def turn_weights(k: int, alpha: float):
+    return 1.0 + alpha * jnp.arange(k) / max(k - 1, 1)
+
+
+def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text, null_mask, edit_masks, has_mask,
+            turn_valid, ratio, cfg):
+    """Stage-2 loss.
+
+    Args:
+      frames: normalised latents [B, K+1, h, w, C] (frame 0 = source).
+      texts, text_masks: [B, K, L, D], [B, K, L]; null_text/null_mask: [L, D], [L].
+      edit_masks: [B, K, h, w] latent-grid masks; has_mask, turn_valid: [B, K].
+      ratio: scalar in [0, 1], share of turns whose memory gets the model's own frame.
+      cfg: window, keep_anchor, rollout_steps, rollout_method, rollout_guidance, turn_weight_alpha,
+        outside_mask_weight, cfg_drop_prob, timestep fields, degrade (prob, vae_roundtrip unused here, ...).
+    Returns: (loss, aux) with per-turn losses in aux["turn_loss"] [K].
+    """
+    b, k1 = frames.shape[:2]
+    k = k1 - 1
+    d = draw(rng, b, k, frames.shape[2:], cfg)
+    frozen = jax.lax.stop_gradient(params)
+    nt, nm = jnp.broadcast_to(null_text, (b,) + null_text.shape), jnp.broadcast_to(null_mask, (b,) + null_mask.shape)
+    mem = jax.lax.stop_gradient(editor.start(model, frozen, frames[:, 0], nt, nm, window=cfg.window,
+                                             keep_anchor=cfg.keep_anchor))
+    settings = editor.SamplerSettings(num_steps=cfg.rollout_steps, method=cfg.rollout_method,
+                                      guidance=cfg.rollout_guidance)
+
+    def body(mem, xs):
+        z, text, mask, emask, hmask, t, noise, drop, use_u, key = xs
+        # 1. loss on the ground-truth target given the memory
+        text_in = jnp.where(drop[:, None, None], nt, text)
+        mask_in = jnp.where(drop[:, None], nm, mask)
+        x_t = flow.add_noise(z, noise, t)
+        pos = mem_lib.query_position(mem)[:, None]
+        v = model.apply({"params": params}, x_t[:, None], t[:, None], text_in[:, None], mask_in[:, None], pos,
+                        mode="memory", memory=mem_lib.read(mem))[:, 0]
+        err = jnp.mean(jnp.square(v - flow.velocity_target(z, noise)), axis=-1)
+        weight = 1.0 + (cfg.outside_mask_weight - 1.0) * hmask[:, None, None] * (1.0 - emask)
+        per_example = jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2))
+        # 2. rollout from the same memory (no gradient), only if some example uses it
+        use = use_u < ratio
+        k_noise, k_deg = jax.random.split(key)
+
+        def rollout(_):
+            fn = editor.velocity_fn(model, frozen, mem, text, mask, nt, nm)
+            return sampler.sample(sampler.guided(fn, settings.guidance), jax.random.normal(k_noise, z.shape),
+                                  settings.num_steps, method=settings.method)
+
+        gen = jax.lax.cond(jnp.any(use), rollout, lambda _: z, None)
+        frame = jnp.where(use[:, None, None, None], jax.lax.stop_gradient(gen), z)
+        # 3. degrade what the memory keeps, then write it with the turn's own instruction
+        if cfg.degrade.prob > 0:
+            frame = degrade_lib.degrade(k_deg, frame, cfg.degrade)
+        mem = jax.lax.stop_gradient(mem_lib.update(model, frozen, mem, frame, text, mask))
+        return mem, (per_example, jnp.mean(use.astype(jnp.float32)))
+
+    swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  ([B, K, ...] -> [K, B, ...] for the scan)
+    xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(edit_masks), swap(has_mask), swap(d["t"]),
+          swap(d["noise"]), swap(d["drop"]), swap(d["use_rollout_u"]), d["turn_keys"])
+    _, (per_turn, used) = jax.lax.scan(body, mem, xs)  # per_turn [K, B]
+    w = turn_weights(k, cfg.turn_weight_alpha)[:, None] * swap(turn_valid)
+    loss = jnp.sum(w * per_turn) / jnp.maximum(jnp.sum(w), 1e-8)
+    turn_loss = jnp.sum(per_turn * swap(turn_valid), 1) / jnp.maximum(jnp.sum(swap(turn_valid), 1), 1e-8)
+    return loss, {"turn_loss": turn_loss, "rollout_frac": jnp.mean(used), "ratio": jnp.asarray(ratio, jnp.float32)}

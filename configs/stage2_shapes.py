@@ -1,0 +1,35 @@
+"""Stage 2 on ShapesEdit: causal AR forcing with self-rollout, initialised from stage 1.
+
+    python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir runs/stage2_shapes \\
+        --config.init_from=runs/stage1_shapes
+
+Everything not set here is stage 1's (configs/stage1_shapes.py): same model, data, VAE, text.
+"""
+import os
+
+import ml_collections
+
+from anchoredit_jax.config_lib import load_config
+
+
+def get_config(arg: str = ""):
+    test = arg == "test"
+    c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage1_shapes.py"), arg)
+    c.stage = "stage2"
+    c.num_steps = 6 if test else 1500
+    c.batch_size = 4 if test else 8
+    c.init_from = "" if test else "runs/stage1_shapes"
+    # K = 6 turns with a window of 3: longer than W + 1 = 4, so eviction happens in training.
+    c.data.num_turns = 6
+    c.stage2 = ml_collections.ConfigDict(dict(
+        window=3, keep_anchor=True,  # the same memory as at inference
+        rollout_steps=2 if test else 4, rollout_method="euler", rollout_guidance=3.0,
+        ratio_start=0.0, ratio_end=1.0,  # teacher forcing -> full self-rollout ...
+        ratio_ramp_start=0, ratio_ramp_end=3 if test else 500,  # ... over these steps
+        turn_weight_alpha=1.0,  # w_k = 1 + alpha (k-1)/(K-1): later turns weigh up to 2x
+        outside_mask_weight=2.0, cfg_drop_prob=0.1, timestep_sampling="logit_normal", timestep_shift=1.0,
+        degrade=ml_collections.ConfigDict(dict(prob=0.15, colour=0.2, field=0.3, laplace=0.1, blur=1.0)),
+    ))
+    c.optim.lr = 1e-3 if test else 1e-4
+    c.optim.warmup_steps = 1 if test else 100
+    return c
