@@ -104,8 +104,14 @@ def load_trained(workdir: str, *, which: str = "ema"):
     if not steps:
         raise FileNotFoundError(f"{root} holds no checkpoint")
     item = "params" if which == "best" else "state"
+    path = os.path.join(root, str(steps[-1]), item)
     with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.restore(os.path.join(root, str(steps[-1]), item))
+        # onto one device, whatever topology saved it (an 8-GPU run edited on a laptop)
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        meta = ckptr.metadata(path)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              getattr(meta, "item_metadata", meta))
+        tree = ckptr.restore(path, target)
     if which != "best":
         tree = tree["ema"] if which == "ema" and tree.get("ema") is not None else tree["params"]
     return config, model_config(config), tree

@@ -1,0 +1,234 @@
+"""The edit CLI (anchoredit_jax.edit) on a 2-step checkpoint: batch, interactive, image policy, errors.
+
+The CLI runs in-process through `main(argv)`; the checkpoint is trained once per module.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from anchoredit_jax import edit
+from anchoredit_jax import train as train_lib
+from anchoredit_jax.config_lib import load_config
+from anchoredit_jax.data.shapes_edit import generate_sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ = generate_sequence(3, 3, 64, split="heldout_seeds")
+LONG = "please " + " ".join(f"paint the number {i} circle bright red" for i in range(8))  # > 24 tokens
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache_small_programs():
+    """Every main() builds fresh jitted functions; with the persistent cache (conftest) taking even
+    sub-second compiles, the later runs of this module skip compilation."""
+    old = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run") / "workdir")
+    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
+        "num_steps": 2, "val.sample_every": 0, "eval_every": 1000, "checkpoint.every": 2,
+        "checkpoint.async_save": False})
+    train_lib.train(cfg, workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def source_png(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("img") / "source.png")
+    Image.fromarray(SEQ.source).save(path)
+    return path
+
+
+def _run(capsys, *argv):
+    rc = edit.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def batch_runs(ckpt, source_png, tmp_path_factory):
+    """The same batch edit twice (same seed) into two folders."""
+    outs = [str(tmp_path_factory.mktemp("batch") / name) for name in ("a", "b")]
+    for out in outs:
+        assert edit.main(["--checkpoint", ckpt, "--image", source_png, "--out", out,
+                          "--instructions", *SEQ.instructions]) == 0
+    return outs
+
+
+def test_batch_outputs_and_log(batch_runs):
+    out = batch_runs[0]
+    names = ["turn_00_source.png", "turn_01.png", "turn_02.png", "turn_03.png"]
+    for name in names + ["contact_sheet.png", "log.json"]:
+        assert os.path.isfile(os.path.join(out, name)), name
+    for name in names:
+        img = Image.open(os.path.join(out, name))
+        assert (img.size, img.mode) == ((64, 64), "RGB")
+    np.testing.assert_array_equal(np.asarray(Image.open(os.path.join(out, names[0]))), SEQ.source)
+    with open(os.path.join(out, "log.json")) as f:
+        log = json.load(f)
+    assert [t["instruction"] for t in log["turns"]] == SEQ.instructions
+    assert [t["image"] for t in log["turns"]] == names[1:]
+    assert log["seed"] == 0 and log["step"] == 2 and log["settings"]["window"] == 4 and log["settings"]["anchor"]
+    assert log["settings"]["steps"] == 4 and log["settings"]["sampler"] == "euler"  # from the config's val section
+    assert log["turn_fn_cache_size"] == 1  # one compiled program for all turns
+    t = log["timings"]
+    assert t["first_turn_s_incl_compile"] > 0 and t["later_turns"] == 2 and t["later_turn_median_s"] > 0
+    print(f"batch timings: {t}")
+
+
+def test_same_seed_same_bytes(batch_runs):
+    a, b = batch_runs
+    for name in ("turn_00_source.png", "turn_01.png", "turn_02.png", "turn_03.png", "contact_sheet.png"):
+        assert _read(os.path.join(a, name)) == _read(os.path.join(b, name)), name
+    # the turns really are generated (not copies of the source)
+    assert _read(os.path.join(a, "turn_01.png")) != _read(os.path.join(a, "turn_00_source.png"))
+
+
+def test_odd_rgba_image_options_and_long_instruction(ckpt, tmp_path, capsys):
+    rgba = np.zeros((23, 37, 4), np.uint8)  # transparent, with an opaque red square in the middle
+    rgba[8:15, 15:22] = (255, 0, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "odd.png")
+    out = tmp_path / "out"
+    rc, _, err = _run(capsys, "--checkpoint", ckpt, "--weights", "params", "--image", tmp_path / "odd.png",
+                      "--out", out, "--no-anchor", "--window", 2, "--sampler", "midpoint", "--steps", 2,
+                      "--guidance", 2.0, "--shift", 2.0, "--seed", 5, "--instructions", LONG, "add a star", LONG)
+    assert rc == 0, err
+    assert err.count("truncated") == 1, err  # shown once, although the instruction comes twice
+    src = np.asarray(Image.open(out / "turn_00_source.png"))
+    assert src.shape == (64, 64, 3)
+    assert (src[0, 0] == 255).all() and (src[-1, -1] == 255).all()  # alpha over white, cover + centre crop
+    assert src[32, 32, 0] > 200 and src[32, 32, 1:].max() < 60
+    for k in (1, 2, 3):
+        assert Image.open(out / f"turn_{k:02d}.png").size == (64, 64)
+    log = json.loads((out / "log.json").read_text())
+    assert log["input_image"] == {"size": [37, 23], "mode": "RGBA"}
+    assert log["settings"] == dict(window=2, anchor=False, steps=2, sampler="midpoint", guidance=2.0, shift=2.0)
+    assert log["seed"] == 5 and log["weights"] == "params" and len(log["turns"]) == 3
+    assert len(log["warnings"]) == 1 and log["turn_fn_cache_size"] == 1
+
+
+def test_interactive_undo_branch(ckpt, source_png, batch_runs, tmp_path, capsys, monkeypatch):
+    a, b = SEQ.instructions[:2]
+    script = f"{a}\n{b}\n:undo\n:back 1\n   \nturn the background green\n:history\n:quit\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(script))
+    out = tmp_path / "session"
+    rc, stdout, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--interactive")
+    assert rc == 0, err
+    hist = json.loads((out / "history.json").read_text())
+    nodes = {n["id"]: n for n in hist["nodes"]}
+    assert {i: n["parent"] for i, n in nodes.items()} == {0: None, 1: 0, 2: 1, 3: 1}
+    assert [nodes[i]["instruction"] for i in range(4)] == [None, a, b, "turn the background green"]
+    assert [nodes[i]["depth"] for i in range(4)] == [0, 1, 2, 2]
+    assert hist["current"] == 3 and hist["turn_fn_cache_size"] == 1  # undo/branch reuse the compiled turn
+    for n in nodes.values():
+        assert Image.open(out / n["image"]).size == (64, 64)
+    assert "keep the image as it is" in stdout  # the blank line was refused, the session went on
+    assert "[3] 'turn the background green'" in stdout and "<- current" in stdout
+    # a path of the tree is the batch run of its instructions, bit for bit
+    for k in (1, 2):
+        assert _read(out / f"node_{k:03d}.png") == _read(os.path.join(batch_runs[0], f"turn_{k:02d}.png"))
+    assert (out / "contact_sheet.png").is_file() and (out / "log.json").is_file()
+
+
+def test_interactive_eof_and_overwrite_keeps_user_files(ckpt, source_png, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "mine.txt").write_text("precious")
+    (out / "node_007.png").write_bytes(b"stale")  # ours, from an earlier longer session: removed
+    monkeypatch.setattr("sys.stdin", io.StringIO(":bogus\n:back 9\n"))  # then EOF
+    rc, stdout, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--interactive",
+                           "--overwrite", "--instructions", SEQ.instructions[0])
+    assert rc == 0, err
+    assert "unknown command" in stdout and "no turn 9" in stdout
+    hist = json.loads((out / "history.json").read_text())
+    assert [n["parent"] for n in hist["nodes"]] == [None, 0] and hist["current"] == 1
+    assert sorted(os.listdir(out)) == ["contact_sheet.png", "history.json", "log.json", "mine.txt", "node_000.png",
+                                       "node_001.png"]
+    assert (out / "mine.txt").read_text() == "precious"
+
+
+def test_help_states_image_policy(capsys):
+    rc, out, _ = _run(capsys, "--help")
+    assert rc == 0 and "centre-cropped" in out and "alpha" in out
+
+
+def _bad_checkpoints(ckpt, tmp):
+    empty = tmp / "empty"
+    empty.mkdir()
+    no_ckpt = tmp / "no_ckpt"
+    no_ckpt.mkdir()
+    shutil.copy(os.path.join(ckpt, "config.json"), no_ckpt / "config.json")
+    misfit = tmp / "misfit"
+    misfit.mkdir()
+    cfg = json.loads(open(os.path.join(ckpt, "config.json")).read())
+    cfg["model"]["ffn_dim"] = 64  # trained with 128
+    (misfit / "config.json").write_text(json.dumps(cfg))
+    os.symlink(os.path.join(ckpt, "checkpoints"), misfit / "checkpoints")
+    return {"empty": (empty, "not a training workdir"), "missing": (tmp / "nope", "no such directory"),
+            "no_ckpt": (no_ckpt, "holds no checkpoint"), "misfit": (misfit, "params do not fit its config.json")}
+
+
+def test_errors_are_one_clear_line(ckpt, source_png, tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(_read(source_png)[:200])
+    Image.fromarray(np.zeros((8, 8), np.uint16)).save(tmp_path / "deep.png")  # 16-bit: refused
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    (user_dir / "mine.txt").write_text("precious")
+    ok = ["--checkpoint", ckpt, "--image", source_png]
+    cases = {
+        "missing image": (["--checkpoint", ckpt, "--image", tmp_path / "nope.png", "--instructions", "x"], "not found"),
+        "corrupt image": (["--checkpoint", ckpt, "--image", corrupt, "--instructions", "x"], "cannot be read"),
+        "truncated image": (["--checkpoint", ckpt, "--image", truncated, "--instructions", "x"], "corrupt"),
+        "16-bit image": (["--checkpoint", ckpt, "--image", tmp_path / "deep.png", "--instructions", "x"],
+                         "unsupported mode"),
+        "no instructions": (ok, "no instructions"),
+        "empty instruction": (ok + ["--instructions", "add a hat", "  "], "keep the image as it is"),
+        "out dir not empty": (ok + ["--instructions", "x", "--out", user_dir], "--overwrite"),
+    }
+    for name, (ckpt_dir, msg) in _bad_checkpoints(ckpt, tmp_path).items():
+        cases[f"checkpoint {name}"] = (["--checkpoint", ckpt_dir, "--image", source_png, "--instructions", "x"], msg)
+    for name, (argv, msg) in cases.items():
+        out = tmp_path / f"out_{name.replace(' ', '_')}"
+        if "--out" not in argv:
+            argv = argv + ["--out", out]
+        rc, _, err = _run(capsys, *argv)
+        assert rc == 1, (name, err)
+        assert msg in err and err.count("error:") == 1 and "Traceback" not in err, (name, err)
+        assert not out.exists(), name  # nothing written on error
+        print(f"{name}: {err.strip().splitlines()[-1]}")
+    assert sorted(os.listdir(user_dir)) == ["mine.txt"] and (user_dir / "mine.txt").read_text() == "precious"
+    rc, _, err = _run(capsys, *ok, "--instructions", "x", "--out", tmp_path / "o", "--window", 0)
+    assert rc == 2 and "--window must be >= 1" in err
+
+
+def test_module_entry_point_on_one_device(ckpt, source_png, tmp_path):
+    """`python -m anchoredit_jax.edit` in a fresh 1-device process, as a user runs it after training."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "anchoredit_jax.edit", "--checkpoint", ckpt, "--image", source_png,
+                           "--out", str(out), "--instructions", SEQ.instructions[0]],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert Image.open(out / "turn_01.png").size == (64, 64)
