@@ -49,6 +49,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         # A 4-min sweep on the shared CPU: batch 8 beat 16 and 4 at equal wall time (more steps),
         # lr 2e-3 ~ 4e-3, base_dim 16 ~ 8; zero-init residual convs did not help.
+        # 5000 steps: ~15 min here, held-out PSNR 25.1 dB (3000 steps: 9 min, 23.8 dB); still
+        # improving at the end, so more steps buy more PSNR where there is time.
         batch_size=8,
         num_steps=5000,
         lr=2e-3,

@@ -159,3 +159,10 @@ def test_init_from_diffusers_with_reinit(tmp_path):
                                   fresh["condition_embedder"]["text_embedder"]["linear_1"]["kernel"])
     np.testing.assert_array_equal(params["blocks"]["attn1"]["to_q"]["kernel"][1],
                                   peer.blocks[1].attn1.to_q.weight.detach().numpy().T)
+
+
+def test_entry_points_import_together():
+    """train.py loads trained VAEs through train_vae: their absl flags must not collide."""
+    r = subprocess.run([sys.executable, "-c", "import anchoredit_jax.train, anchoredit_jax.train_vae, anchoredit_jax.edit"],
+                       env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
