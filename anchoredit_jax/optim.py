@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -30,6 +31,10 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[op
     return tx, schedule
 
 
-def ema_update(ema, params, decay: float):
-    """ema <- decay * ema + (1 - decay) * params (fp32)."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+def ema_update(ema, params, decay: float, step):
+    """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)).
+
+    The warm-up keeps early EMAs from being mostly the initialisation (0.999^500 is still 0.6).
+    """
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)

@@ -161,7 +161,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("resumed from step %d", start)
     elif config.init_from:
         state = state.replace(params=load_init_params(config.init_from, state.params,
-                                                      tuple(config.get("init_reinit", ())), state_sh.params))
+                                                      tuple(config.get("init_reinit", ())), state_sh.params,
+                                                      weights=config.get("init_weights", "ema")))
 
     # 6. The update step: jit with explicit shardings, state donated.
     def train_step(state: TrainState, frozen, batch):
@@ -178,7 +179,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # A non-finite step changes nothing and is remembered; the host stops at the next check.
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        ema = optim.ema_update(state.ema, params, config.ema_decay) if config.ema_decay else None
+        ema = optim.ema_update(state.ema, params, config.ema_decay, state.step) if config.ema_decay else None
         bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, bad_step=bad)
         lr = schedule(state.step // config.optim.grad_accum_steps)
@@ -261,7 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {k: float(v) for k, v in last.items()}
 
 
-def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings):
+def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings, weights: str = "ema"):
     """Params from a training workdir (its EMA), a diffusers transformer folder or a params folder.
 
     Tensors named in `reinit` ("a/b/kernel" paths) keep their fresh initialisation (e.g. the text
@@ -271,7 +272,7 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings)
     from anchoredit_jax import interop
 
     if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir (e.g. stage 1 for stage 2)
-        _, _, loaded = checkpointing.load_trained(path, which="ema")
+        _, _, loaded = checkpointing.load_trained(path, which=weights)
     elif os.path.exists(os.path.join(path, "params")):
         _, loaded = interop.load_jax_params(path)
     else:

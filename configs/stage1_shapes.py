@@ -20,7 +20,8 @@ def get_config(arg: str = ""):
     c.log_every = 1 if test else 25
     c.eval_every = 10 if test else 250
     c.progress_bar = not test
-    c.init_from = ""  # a diffusers transformer folder or an anchoredit_jax params folder
+    c.init_from = ""  # a training workdir, a diffusers transformer folder or an anchoredit_jax params folder
+    c.init_weights = "ema"  # from a training workdir: "ema", "params" (raw, latest) or "best"
     c.ema_decay = 0.0 if test else 0.999
 
     # 4 blocks of width 128 at 8x8 latents (16 tokens per frame): ~1.6 M DiT params.

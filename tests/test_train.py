@@ -166,3 +166,14 @@ def test_entry_points_import_together():
     r = subprocess.run([sys.executable, "-c", "import anchoredit_jax.train, anchoredit_jax.train_vae, anchoredit_jax.edit"],
                        env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_ema_warmup():
+    from anchoredit_jax.optim import ema_update
+    ema, p = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
+    e = ema
+    for step in range(20):
+        e = ema_update(e, p, 0.999, step)
+    assert float(e["w"][0]) > 0.8  # without the warm-up: 1 - 0.999**20 = 0.02
+    late = ema_update(ema, p, 0.999, 10**6)
+    np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
