@@ -50,6 +50,7 @@ from anchoredit_jax import model as model_lib
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
+from anchoredit_jax.data.images import to_float, to_uint8
 
 NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
@@ -110,10 +111,6 @@ def _write_json(path: str, obj) -> None:
 
 def _save_png(img: np.ndarray, path: str) -> None:
     Image.fromarray(img).save(path)
-
-
-def _to_uint8(x) -> np.ndarray:
-    return np.asarray(np.clip((np.asarray(x) + 1.0) * 127.5, 0, 255).round(), np.uint8)
 
 
 # ----------------------------------------------------------------------------- model
@@ -197,7 +194,7 @@ class Session:
 
     def start(self, image: np.ndarray):
         """uint8 source -> memory holding it (anchor slot, or window slot 0 with --no-anchor)."""
-        x = jax.device_put(image[None].astype(np.float32) / 127.5 - 1.0, self.device)
+        x = jax.device_put(to_float(image[None]), self.device)
         mem = self._start(self.params, self._encode(self.frozen, x), self.null_text, self.null_mask)
         self.memory_bytes = mem.nbytes  # interactive mode keeps one per node, on the host
         return mem
@@ -211,7 +208,7 @@ class Session:
         latent, mem = jax.block_until_ready(self.turn(self.params, mem, text, mask, self.null_text,
                                                       self.null_mask, rng))
         seconds = time.perf_counter() - t0
-        return _to_uint8(self._decode(self.frozen, latent))[0], mem, seconds
+        return to_uint8(self._decode(self.frozen, latent))[0], mem, seconds
 
     def log(self, args, info: dict, turn_seconds: list[float], **extra) -> dict:
         """The log.json / history.json header: what produced these images, and how fast."""

@@ -6,7 +6,6 @@ same conventions in sampler.py.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 TIMESTEP_SAMPLING = ("uniform", "logit_normal", "shifted")
 

@@ -6,7 +6,6 @@ across steps and the best checkpoint is chosen on it.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -16,10 +15,7 @@ import numpy as np
 from anchoredit_jax import sampler, stage1
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.shapes_edit import generate_sequence
-
-
-def _to_uint8(x):
-    return np.asarray(np.clip((np.asarray(x) + 1.0) * 127.5, 0, 255).round(), np.uint8)
+from anchoredit_jax.data.images import to_float, to_uint8
 
 
 class Stage1Validation:
@@ -31,7 +27,7 @@ class Stage1Validation:
         seqs = [generate_sequence(config.val.seed_offset + i, 1, res, split=config.val.split) for i in range(n)]
         self.instructions = [s.instructions[0] for s in seqs]
         ids, mask = tokenize(self.instructions)
-        f = lambda a: np.asarray(a, np.float32) / 127.5 - 1.0  # noqa: E731
+        f = lambda a: to_float(np.asarray(a))  # noqa: E731
         self.batch = dict(source=f([s.source for s in seqs]), target=f([s.targets[0] for s in seqs]),
                           mask=np.asarray([s.masks[0] for s in seqs], np.float32), has_mask=np.ones(n, np.float32),
                           ids=np.asarray(ids), ids_mask=np.asarray(mask))
@@ -77,8 +73,8 @@ class Stage1Validation:
     def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:
         out = {"val_loss": float(self._loss(params, frozen, self.batch))}
         if self.config.val.sample_every and step % self.config.val.sample_every == 0 and write:
-            pred = _to_uint8(self._sample(params, frozen, self.batch))
-            src, tgt = _to_uint8(self.batch["source"]), _to_uint8(self.batch["target"])
+            pred = to_uint8(self._sample(params, frozen, self.batch))
+            src, tgt = to_uint8(self.batch["source"]), to_uint8(self.batch["target"])
             rows = [[(src[i], "source"), (pred[i], self.instructions[i]), (tgt[i], "target")]
                     for i in range(len(self.instructions))]
             save_contact_sheet(rows, os.path.join(workdir, "samples", f"step_{step:07d}.png"))

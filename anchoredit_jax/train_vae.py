@@ -32,6 +32,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from anchoredit_jax import vae as vae_lib
+from anchoredit_jax.data import images as pixels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def load_lpips(net: str = "alexnet") -> Callable[[jax.Array, jax.Array], jax.Arr
 
 def to_float(images_u8: jax.Array) -> jax.Array:
     """uint8 [B, H, W, 3] -> float32 in [-1, 1]."""
-    return images_u8.astype(jnp.float32) / 127.5 - 1.0
+    return pixels.to_float(images_u8)
 
 
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -164,7 +165,7 @@ def latent_statistics(encode_mean, params, images: np.ndarray, batch_size: int) 
 def save_figure(originals_u8: np.ndarray, recon: np.ndarray, path: str, scale: int = 2):
     """Two rows: originals (top) and reconstructions (bottom), nearest-upscaled, 2 px gaps."""
     from PIL import Image
-    rec_u8 = np.clip(np.round((np.asarray(recon) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    rec_u8 = pixels.to_uint8(recon)
     n, h, w, _ = originals_u8.shape
     gap = 2
     canvas = np.full((2 * h + gap, n * (w + gap) - gap, 3), 255, np.uint8)

@@ -27,10 +27,7 @@ from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.shapes_edit import generate_sequence
 from anchoredit_jax.model import WanDiT
 from anchoredit_jax.train_vae import load_lpips, psnr
-
-
-def _u8(x):
-    return np.asarray(np.clip((np.asarray(x) + 1.0) * 127.5, 0, 255).round(), np.uint8)
+from anchoredit_jax.data.images import to_float, to_uint8
 
 
 def evaluate_run(workdir, seqs, args, lpips_fn):
@@ -39,7 +36,7 @@ def evaluate_run(workdir, seqs, args, lpips_fn):
     enc, frozen = encoders.load_encoders(config)
     tokenize = te.make_tokenize_fn(config.text.max_length)
     b, k = len(seqs), args.turns
-    f = lambda a: jnp.asarray(np.asarray(a, np.float32) / 127.5 - 1.0)  # noqa: E731
+    f = lambda a: jnp.asarray(to_float(np.asarray(a)))  # noqa: E731
     src = f([s.source for s in seqs])
     ids, mask = tokenize([s.instructions[t] for t in range(k) for s in seqs])
     text, text_mask = jax.jit(enc.embed_text)(frozen, jnp.asarray(ids).reshape(k, b, -1),
@@ -67,7 +64,7 @@ def evaluate_run(workdir, seqs, args, lpips_fn):
         rows.append({"turn": t + 1, "psnr": float(psnr(images[t], gt).mean()),
                      "lpips": float(lpips_fn(images[t], gt).mean()),
                      "identity_psnr": id_psnr, "identity_n": int(has.sum())})
-    return rows, _u8(images[:, 0]), seconds
+    return rows, to_uint8(images[:, 0]), seconds
 
 
 def main(argv=None):

@@ -22,7 +22,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from anchoredit_jax import editor, sampler
 from anchoredit_jax.config_lib import load_config, model_config

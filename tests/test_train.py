@@ -177,3 +177,14 @@ def test_ema_warmup():
     assert float(e["w"][0]) > 0.8  # without the warm-up: 1 - 0.999**20 = 0.02
     late = ema_update(ema, p, 0.999, 10**6)
     np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
+
+
+def test_previews_and_best_checkpoint_are_written(tmp_path):
+    cfg = _config(num_steps=2, eval_every=2, **{"val.sample_every": 2, "checkpoint.async_save": False,
+                                                "mesh.num_devices": 1})
+    result = train_lib.train(cfg, str(tmp_path))
+    assert np.isfinite(result["val_loss"])
+    from PIL import Image
+    sheet = Image.open(tmp_path / "samples" / "step_0000002.png")
+    assert sheet.size[0] > 3 * 64  # source | prediction | target per row
+    assert (tmp_path / "best" / "2").exists()

@@ -37,6 +37,7 @@ import numpy as np
 
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.shapes_edit import EDIT_TYPES, SPLITS, EditSequence, generate_pair, generate_sequence
+from anchoredit_jax.data.images import to_float
 
 Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -202,7 +203,7 @@ class ToArrays(grain.MapTransform):
             if key == "instructions":
                 continue
             if key in ("source", "target", "frames"):
-                out[key] = v.astype(np.float32) / 127.5 - 1.0
+                out[key] = to_float(v)
             elif key in ("mask", "has_mask", "turn_valid"):
                 out[key] = np.asarray(v, np.float32)
             else:
