@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import time
 
 import flax
@@ -210,7 +211,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preempt = checkpointing.PreemptionFlag()
     bar = tqdm(total=total_steps, initial=start, disable=not is_main or not config.progress_bar, desc="train",
                dynamic_ncols=True)
-    last = {}
+    last, saved = {}, start
     t0, s0 = time.perf_counter(), start
     try:
         for step in range(start, total_steps):
@@ -219,6 +220,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 state, m = step_fn(state, frozen, batch)
             bar.update(1)
             done = step + 1
+            if done == config.debug.get("sigterm_at_step", -1):  # test hook: preemption on a given step
+                os.kill(os.getpid(), signal.SIGTERM)
             if config.debug.step_sleep:  # test hook: leaves time to kill or preempt a run
                 jax.block_until_ready(state.step)
                 time.sleep(config.debug.step_sleep)
@@ -249,9 +252,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 last.update(vm)
             if done % config.checkpoint.every == 0 or done == total_steps:
                 checkpointing.save(manager, done, state, data_iter)
+                saved = done
             if preempt.should_stop(done):
                 logging.warning("SIGTERM: saving step %d and exiting", done)
-                checkpointing.save(manager, done, state, data_iter, force=True)
+                if saved != done:  # the regular save may have just written this step
+                    checkpointing.save(manager, done, state, data_iter, force=True)
                 break
     finally:
         manager.wait_until_finished()

@@ -60,5 +60,5 @@ def get_config(arg: str = ""):
         sample_every=10 if test else 500, sample_steps=4 if test else 20, sampler="euler", sample_shift=1.0,
         guidance=3.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=5 if test else 500, max_to_keep=3, async_save=True))
-    c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, step_sleep=0.0))  # test hooks
+    c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, step_sleep=0.0, sigterm_at_step=-1))  # test hooks
     return c

@@ -188,3 +188,12 @@ def test_previews_and_best_checkpoint_are_written(tmp_path):
     sheet = Image.open(tmp_path / "samples" / "step_0000002.png")
     assert sheet.size[0] > 3 * 64  # source | prediction | target per row
     assert (tmp_path / "best" / "2").exists()
+
+
+def test_sigterm_on_a_checkpoint_step_saves_once(tmp_path):
+    """Preemption arriving on a step that the regular schedule also saves must not save it twice."""
+    cfg = _config(num_steps=10, **{"checkpoint.every": 2, "debug.sigterm_at_step": 4,
+                                   "checkpoint.async_save": False, "mesh.num_devices": 1})
+    train_lib.train(cfg, str(tmp_path))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert steps == [2, 4]
