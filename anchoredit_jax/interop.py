@@ -31,7 +31,7 @@ WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 SHAPE_FIELDS = ("num_layers", "num_heads", "head_dim", "ffn_dim", "in_channels", "out_channels", "text_dim",
                 "freq_dim", "patch_size", "cross_attn_norm")
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 # (diffusers key, param path, transform). "linear": torch [out, in] <-> flax kernel [in, out].
 _TOP = [
@@ -185,7 +185,8 @@ def to_state_dict(params: dict, config: DiTConfig, *, dtype=None) -> dict[str, n
 
 
 # Folders -----------------------------------------------------------------------------------------
-def _refuse_pickles(path: str):
+def refuse_pickles(path: str):
+    """A pickle file, or a folder holding only pickle weights, is refused with a clear message."""
     if os.path.isdir(path):
         names = os.listdir(path)
         if not any(n.endswith(".safetensors") or n == INDEX_NAME for n in names):
@@ -202,7 +203,7 @@ def _refuse_pickles(path: str):
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """Tensors of a .safetensors file, a sharded index, or a diffusers folder -> numpy (bf16 kept)."""
-    _refuse_pickles(path)
+    refuse_pickles(path)
     if os.path.isdir(path):
         index = os.path.join(path, INDEX_NAME)
         if os.path.exists(index):
@@ -227,7 +228,7 @@ def load_diffusers_transformer(path: str, *, dtype: str = "float32", **config_ov
     dtype is the compute dtype of the returned module (params are always fp32). Other keyword
     arguments override DiTConfig fields (turn_stride, attention_backend, remat_policy, ...).
     """
-    _refuse_pickles(path)
+    refuse_pickles(path)
     with open(os.path.join(path, "config.json")) as f:
         config = config_from_diffusers(json.load(f), dtype=dtype, **config_overrides)
     params = from_state_dict(read_safetensors(path), config)

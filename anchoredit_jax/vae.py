@@ -417,48 +417,22 @@ def _unflatten(flat: dict) -> dict:
     return out
 
 
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def _read_safetensors(path: str) -> dict:
-    # The flax backend reads bf16/fp16 too (numpy has no bf16); we keep host numpy fp32 copies.
-    from safetensors.flax import load_file
-    return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_file(path).items()}
-
-
 def load_diffusers_vae(path: str) -> tuple[WanVAEConfig, dict]:
     """Loads a diffusers `AutoencoderKLWan` (folder with config.json + safetensors, or the
     .safetensors file itself next to its config.json) -> (WanVAEConfig, {'params': ...}).
 
     Pickle checkpoints (.bin/.pt/.ckpt) are refused: unpickling runs arbitrary code and needs torch.
     """
+    from anchoredit_jax.interop import read_safetensors, refuse_pickles  # one reader of diffusers folders
+
     path = os.fspath(path)
-    if path.endswith(_PICKLE_SUFFIXES):
-        raise ValueError(f"refusing pickle checkpoint {path!r}: only safetensors are read. Convert "
-                         "it once with diffusers: AutoencoderKLWan.from_pretrained(...)"
-                         ".save_pretrained(out_dir, safe_serialization=True)")
+    refuse_pickles(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     cfg_file = os.path.join(folder, "config.json")
     if not os.path.exists(cfg_file):
         raise FileNotFoundError(f"no config.json next to {path!r}")
     with open(cfg_file) as f:
         config = WanVAEConfig.from_diffusers(json.load(f))
-    if os.path.isdir(path):
-        single = os.path.join(folder, "diffusion_pytorch_model.safetensors")
-        index = single + ".index.json"
-        if os.path.exists(single):
-            files = [single]
-        elif os.path.exists(index):
-            with open(index) as f:
-                files = sorted({os.path.join(folder, v) for v in json.load(f)["weight_map"].values()})
-        elif any(os.path.exists(os.path.join(folder, "diffusion_pytorch_model" + s))
-                 for s in _PICKLE_SUFFIXES):
-            return load_diffusers_vae(os.path.join(folder, "diffusion_pytorch_model.bin"))
-        else:
-            raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors in {path!r}")
-    else:
-        files = [path]
-    state: dict = {}
-    for f in files:
-        state.update(_read_safetensors(f))
+    # host numpy fp32 copies (bf16/fp16 checkpoints are upcast)
+    state = {k: np.asarray(v, np.float32) for k, v in read_safetensors(path).items()}
     return config, convert_diffusers_state_dict(state, config)
