@@ -52,9 +52,17 @@ def loss_fn(params, model: WanDiT, rng, *, source, target, text, text_mask, null
     positions = jnp.broadcast_to(jnp.arange(2), (b, 2))
     v = model.apply({"params": params}, frames, times, texts, masks, positions, mode="block_causal")[:, 1]
 
-    err = jnp.mean(jnp.square(v - flow.velocity_target(target, noise)), axis=-1)  # [B, h, w]
-    outside = has_mask[:, None, None] * (1.0 - edit_mask)
-    weight = 1.0 + (cfg.outside_mask_weight - 1.0) * outside
-    per_example = jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2))
+    per_example, mse = weighted_velocity_error(v, flow.velocity_target(target, noise), edit_mask, has_mask,
+                                               cfg.outside_mask_weight)
     loss = jnp.mean(per_example)
-    return loss, {"mse": jnp.mean(err), "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}
+    return loss, {"mse": mse, "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}
+
+
+def weighted_velocity_error(v, target_v, edit_mask, has_mask, outside_weight: float):
+    """Per-example velocity MSE with the error outside a known edit mask weighted `outside_weight`.
+
+    v, target_v: [B, h, w, C]; edit_mask [B, h, w] in {0, 1}; has_mask [B] -> ([B], unweighted mean).
+    """
+    err = jnp.mean(jnp.square(v - target_v), axis=-1)  # [B, h, w]
+    weight = 1.0 + (outside_weight - 1.0) * has_mask[:, None, None] * (1.0 - edit_mask)
+    return jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2)), jnp.mean(err)

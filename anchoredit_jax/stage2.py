@@ -21,6 +21,7 @@ from anchoredit_jax import degrade as degrade_lib
 from anchoredit_jax import editor, flow, sampler
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax.model import WanDiT
+from anchoredit_jax.stage1 import weighted_velocity_error
 
 
 def rollout_ratio(step, cfg):
@@ -76,9 +77,8 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
         pos = mem_lib.query_position(mem)[:, None]
         v = model.apply({"params": params}, x_t[:, None], t[:, None], text_in[:, None], mask_in[:, None], pos,
                         mode="memory", memory=mem_lib.read(mem))[:, 0]
-        err = jnp.mean(jnp.square(v - flow.velocity_target(z, noise)), axis=-1)
-        weight = 1.0 + (cfg.outside_mask_weight - 1.0) * hmask[:, None, None] * (1.0 - emask)
-        per_example = jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2))
+        per_example, _ = weighted_velocity_error(v, flow.velocity_target(z, noise), emask, hmask,
+                                                 cfg.outside_mask_weight)
         # 2. rollout from the same memory (no gradient), only if some example uses it
         use = use_u < ratio
         k_noise, k_deg = jax.random.split(key)
