@@ -27,7 +27,7 @@ class SamplerSettings:
     """How a turn is sampled (static: part of the compiled program)."""
 
     num_steps: int = 20
-    method: str = "euler"  # euler | midpoint | fireflow
+    method: str = "euler"  # euler | midpoint | fireflow | consistency (a distilled model, guidance 1)
     shift: float = 1.0
     guidance: float = 3.0  # classifier-free guidance on the instruction; 1.0 = none
 
@@ -42,8 +42,13 @@ def start(model: WanDiT, params, source, null_text, null_mask, *, window: int, k
     return mem_lib.update(model, params, mem, source, null_text, null_mask)
 
 
-def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask):
-    """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch."""
+def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask, *,
+                model_kwargs=None):
+    """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch.
+
+    model_kwargs: optional extra model.apply arguments for the batched [cond; uncond] call (leading
+    dim 2B), e.g. MCIE's xattn_scale.
+    """
     b = text.shape[0]
     two = lambda x, axis=0: jnp.concatenate([x, x], axis=axis)  # noqa: E731
     m = mem_lib.read(mem)
@@ -54,18 +59,31 @@ def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mas
 
     def fn(x, t):
         v = model.apply({"params": params}, two(x)[:, None], jnp.full((2 * b, 1), t), texts, masks, pos,
-                        mode="memory", memory=m2)[:, 0]
+                        mode="memory", memory=m2, **(model_kwargs or {}))[:, 0]
         return v[:b], v[b:]
 
     return fn
 
 
+def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask,
+                       scale: float):
+    """(x, t) -> v with CFG at `scale`; at scale 1 (e.g. a distilled model, guidance baked in) only the
+    conditional branch is run, so a turn costs one DiT pass per step instead of two."""
+    if scale != 1.0:
+        return sampler.guided(velocity_fn(model, params, mem, text, text_mask, null_text, null_mask), scale)
+    m = mem_lib.read(mem)
+    pos = mem_lib.query_position(mem)[:, None]
+    b = text.shape[0]
+    return lambda x, t: model.apply({"params": params}, x[:, None], jnp.full((b, 1), t), text[:, None],
+                                    text_mask[:, None], pos, mode="memory", memory=m)[:, 0]
+
+
 def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_mask, null_text, null_mask, rng):
     """One turn: text [B, L, D], text_mask [B, L] -> (latent [B, h, w, C], memory with the latent)."""
-    fn = velocity_fn(model, params, mem, text, text_mask, null_text, null_mask)
+    fn = guided_velocity_fn(model, params, mem, text, text_mask, null_text, null_mask, settings.guidance)
     noise = jax.random.normal(rng, (text.shape[0],) + mem.latent_shape)
-    latent = sampler.sample(sampler.guided(fn, settings.guidance), noise, settings.num_steps,
-                            method=settings.method, shift=settings.shift)
+    latent = sampler.sample(fn, noise, settings.num_steps,
+                            method=settings.method, shift=settings.shift, rng=jax.random.fold_in(rng, 1))
     return latent, mem_lib.update(model, params, mem, latent, text, text_mask)
 
 

@@ -93,131 +93,105 @@ def stage_flops(config, mcfg, n_tokens):
     return config.data.num_turns * per_turn + fwd(num_frames=1, keys_per_frame=1)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    # 1. Distributed and mesh.
+def setup_run(config: ml_collections.ConfigDict, workdir: str):
+    """Distributed init, mesh, logical rules, config.json in the workdir -> (mesh, rules, is_main)."""
     distributed.maybe_initialize(config.get("distributed"))
-    is_main = jax.process_index() == 0
     mesh = sharding.make_mesh(**config.mesh)
     rules = sharding.rules_from_config(config.sharding_rules)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % batch_shards:
         raise ValueError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} devices; "
                          "change config.batch_size or config.mesh")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
     logging.info("mesh %s on %d processes", dict(mesh.shape), jax.process_count())
+    return mesh, rules, is_main
 
-    # 2. Input: grain, sharded per process, resumable.
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+
+def make_data(config: ml_collections.ConfigDict, kind: str):
+    """grain loader of `kind` (pair | sequence), sharded per process and resumable -> (iterator, tokenize)."""
     tokenize = te.make_tokenize_fn(config.text.max_length)
-    if config.stage not in STAGES:
-        raise ValueError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
-    kind = "pair" if config.stage == "stage1" else "sequence"
     loader = pipeline.make_loader(make_source(config.data), kind=kind, batch_size=config.batch_size // jax.process_count(),
                                   seed=config.seed, tokenize=tokenize, first_turn_only=config.data.first_turn_only,
                                   worker_count=config.data.worker_count,
                                   num_turns=config.data.num_turns if kind == "sequence" else None)
-    data_iter = iter(loader)
+    return iter(loader), tokenize
 
-    # 3. Model and frozen encoders.
+
+def load_model_and_encoders(config: ml_collections.ConfigDict):
+    """-> (DiTConfig, WanDiT, Encoders, frozen encoder params); checks that they fit together."""
     mcfg = model_config(config)
     model = WanDiT(mcfg)
     enc, frozen = encoders.load_encoders(config)
     if mcfg.in_channels != enc.latent_channels or mcfg.text_dim != enc.text_dim:
         raise ValueError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
                          f"encoders give {enc.latent_channels} and {enc.text_dim}")
-    total_steps = config.num_steps
-    tx, schedule = optim.make_optimizer(config.optim, total_steps // config.optim.grad_accum_steps)
+    return mcfg, model, enc, frozen
 
-    # 4. Sharded state: eval_shape gives logical names; params are born sharded by jit.
-    latent_hw = (config.data.resolution // enc.downsample,) * 2
 
-    def init_state(rng):
-        params = model.init(rng, jnp.zeros((1, 1, *latent_hw, mcfg.in_channels)), jnp.zeros((1, 1)),
-                            jnp.zeros((1, 1, 4, mcfg.text_dim)), jnp.ones((1, 1, 4), bool),
-                            jnp.zeros((1, 1), jnp.int32))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          ema=params if config.ema_decay else None, rng=jax.random.PRNGKey(config.seed),
-                          bad_step=jnp.full((), -1, jnp.int32))
+def dummy_params(model: WanDiT, rng, latent_hw):
+    """Initial DiT params from one-frame dummy inputs (shapes are all init needs)."""
+    c = model.config
+    return model.init(rng, jnp.zeros((1, 1, *latent_hw, c.in_channels)), jnp.zeros((1, 1)),
+                      jnp.zeros((1, 1, 4, c.text_dim)), jnp.ones((1, 1, 4), bool), jnp.zeros((1, 1), jnp.int32))["params"]
 
-    init_rng = jax.random.PRNGKey(config.seed)
-    abstract = jax.eval_shape(init_state, init_rng)
+
+def sharded_state(init_state, rng, mesh, rules):
+    """State born sharded: eval_shape gives the logical names, jit(out_shardings) places it.
+
+    -> (abstract state, state shardings, state).
+    """
+    abstract = jax.eval_shape(init_state, rng)
     state_sh = sharding.logical_shardings(abstract, mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sh)(init_rng)
-    frozen = jax.device_put(frozen, sharding.replicated(mesh))
+        state = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_sh)(rng)
+    return nn.unbox(abstract), state_sh, state
 
-    # 5. Restore (latest checkpoint), else optional init from pretrained weights.
-    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                         async_save=config.checkpoint.async_save)
+
+def guarded_update(state, tx, loss, grads, nan_at_step: int = -1):
+    """Optimizer update that a non-finite loss or gradient turns into a no-op (remembered in bad_step).
+
+    state: any state with step, params, opt_state, bad_step. -> (state, finite, grad_norm).
+    """
+    if nan_at_step >= 0:  # test hook: poison one step
+        loss = jnp.where(state.step == nan_at_step, jnp.nan, loss)
+        grads = jax.tree.map(lambda g: jnp.where(state.step == nan_at_step, jnp.nan, g), grads)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # A non-finite step changes nothing and is remembered; the host stops at the next check.
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
+    return state.replace(params=params, opt_state=opt_state, bad_step=bad), finite, grad_norm
+
+
+def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager, validate, is_main, start: int,
+             tokens_per_step: int, flops_per_step: float, desc: str = "train") -> dict:
+    """The training loop every stage shares: metrics, validation + best checkpoint, checkpoints,
+    preemption (SIGTERM -> save and exit), NaN guard, progress bar. -> the last logged metrics.
+
+    step_fn(state, batch) -> (state, metrics); next_batch() -> global batch; validate(state, step) ->
+    metrics with "val_loss" (the best checkpoint keeps state.params by it).
+    """
+    total_steps = config.num_steps
     best = checkpointing.make_best_manager(workdir)
-    restored, start = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(nn.unbox(abstract), state_sh), data_iter)
-    if restored is not None:
-        state = restored
-        logging.info("resumed from step %d", start)
-    elif config.init_from:
-        state = state.replace(params=load_init_params(config.init_from, state.params,
-                                                      tuple(config.get("init_reinit", ())), state_sh.params,
-                                                      weights=config.get("init_weights", "ema")))
-
-    # 6. The update step: jit with explicit shardings, state donated.
-    def train_step(state: TrainState, frozen, batch):
-        rng = jax.random.fold_in(state.rng, state.step)
-        loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        if config.debug.nan_at_step >= 0:  # test hook: poison one step
-            loss = jnp.where(state.step == config.debug.nan_at_step, jnp.nan, loss)
-            grads = jax.tree.map(lambda g: jnp.where(state.step == config.debug.nan_at_step, jnp.nan, g), grads)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        # A non-finite step changes nothing and is remembered; the host stops at the next check.
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        ema = optim.ema_update(state.ema, params, config.ema_decay, state.step) if config.ema_decay else None
-        bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
-        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, bad_step=bad)
-        lr = schedule(state.step // config.optim.grad_accum_steps)
-        return new, {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(params),
-                     "lr": lr, **aux}
-
-    text_cache = encoders.TextEmbeddingCache(enc, frozen, config.text.cache_entries)
-
-    ranks = BATCH_RANKS[config.stage]
-
-    def next_batch():
-        b = next(data_iter)
-        b["text"], b["text_mask"] = text_cache(b.pop("instruction_ids"), b.pop("instruction_mask"))
-        return {k: b[k] for k in ranks}
-
-    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in ranks.items()}
-    repl = sharding.replicated(mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step_fn = jax.jit(train_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
-                          donate_argnums=(0,))
-    val = samples.Stage1Validation(config, enc, tokenize, model)
-
-    # 7. Loop.
     writer = metrics.MetricWriter(workdir, enabled=is_main)
-    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
-    frames_per_example = 2 if config.stage == "stage1" else config.data.num_turns + 1
-    step_flops = config.batch_size * stage_flops(config, mcfg, n_tokens)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
     preempt = checkpointing.PreemptionFlag()
-    bar = tqdm(total=total_steps, initial=start, disable=not is_main or not config.progress_bar, desc="train",
+    bar = tqdm(total=total_steps, initial=start, disable=not is_main or not config.progress_bar, desc=desc,
                dynamic_ncols=True)
     last, saved = {}, start
     t0, s0 = time.perf_counter(), start
     try:
         for step in range(start, total_steps):
-            batch = global_batch(next_batch(), batch_sh)
-            with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-                state, m = step_fn(state, frozen, batch)
+            state, m = step_fn(state, next_batch())
             bar.update(1)
             done = step + 1
             if done == config.debug.get("sigterm_at_step", -1):  # test hook: preemption on a given step
@@ -236,16 +210,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 m = jax.device_get(m)
                 dt = time.perf_counter() - t0
                 rate = (done - s0) / max(dt, 1e-9)
-                m.update(steps_per_sec=rate, tokens_per_sec=rate * config.batch_size * frames_per_example * n_tokens)
+                m.update(steps_per_sec=rate, tokens_per_sec=rate * tokens_per_step)
                 if peak:
-                    m["mfu"] = rate * step_flops / (peak * jax.device_count())
+                    m["mfu"] = rate * flops_per_step / (peak * jax.device_count())
                 m.update({f"turn_loss/{i + 1}": v for i, v in enumerate(m.pop("turn_loss", []))})
                 writer.write(done, m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
                 last = m
                 t0, s0 = time.perf_counter(), done
             if done % config.eval_every == 0 or done == total_steps:
-                vm = val.run(state.params if state.ema is None else state.ema, frozen, done, workdir, is_main)
+                vm = validate(state, done)
                 writer.write(done, vm)
                 best.save(done, args=checkpointing.ocp.args.Composite(
                     params=checkpointing.ocp.args.StandardSave(state.params)), metrics={"val_loss": vm["val_loss"]})
@@ -264,6 +238,90 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.close()
         preempt.restore()
     return {k: float(v) for k, v in last.items()}
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    # 1. Distributed, mesh, input (grain, sharded per process, resumable), model and frozen encoders.
+    if config.stage not in STAGES:
+        raise ValueError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
+    mesh, rules, is_main = setup_run(config, workdir)
+    data_iter, tokenize = make_data(config, "pair" if config.stage == "stage1" else "sequence")
+    mcfg, model, enc, frozen = load_model_and_encoders(config)
+    tx, schedule = optim.make_optimizer(config.optim, config.num_steps // config.optim.grad_accum_steps)
+
+    # 2. Sharded state: params are born sharded by jit.
+    latent_hw = (config.data.resolution // enc.downsample,) * 2
+
+    def init_state(rng):
+        params = dummy_params(model, rng, latent_hw)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          ema=params if config.ema_decay else None, rng=jax.random.PRNGKey(config.seed),
+                          bad_step=jnp.full((), -1, jnp.int32))
+
+    abstract, state_sh, state = sharded_state(init_state, jax.random.PRNGKey(config.seed), mesh, rules)
+    frozen = jax.device_put(frozen, sharding.replicated(mesh))
+
+    # 3. Restore (latest checkpoint), else optional init from pretrained weights.
+    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                         async_save=config.checkpoint.async_save)
+    restored, start = checkpointing.restore_latest(
+        manager, checkpointing.abstract_with_shardings(abstract, state_sh), data_iter)
+    if restored is not None:
+        state = restored
+        logging.info("resumed from step %d", start)
+    elif config.init_from:
+        state = state.replace(params=load_init_params(config.init_from, state.params,
+                                                      tuple(config.get("init_reinit", ())), state_sh.params,
+                                                      weights=config.get("init_weights", "ema")))
+
+    # 4. The update step: jit with explicit shardings, state donated.
+    def train_step(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        new, _, grad_norm = guarded_update(state, tx, loss, grads, config.debug.nan_at_step)
+        ema = optim.ema_update(state.ema, new.params, config.ema_decay, state.step) if config.ema_decay else None
+        new = new.replace(step=state.step + 1, ema=ema)
+        lr = schedule(state.step // config.optim.grad_accum_steps)
+        return new, {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new.params),
+                     "lr": lr, **aux}
+
+    ranks = BATCH_RANKS[config.stage]
+    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in ranks.items()}
+    repl = sharding.replicated(mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        jitted = jax.jit(train_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=(0,))
+
+    def step_fn(state, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(state, frozen, batch)
+
+    next_batch = text_batches(enc, frozen, config, data_iter, ranks, batch_sh)
+    val = samples.Stage1Validation(config, enc, tokenize, model)
+
+    def validate(state, step):
+        return val.run(state.params if state.ema is None else state.ema, frozen, step, workdir, is_main)
+
+    # 5. Loop.
+    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
+    frames_per_example = 2 if config.stage == "stage1" else config.data.num_turns + 1
+    return run_loop(config, workdir, state=state, step_fn=step_fn, next_batch=next_batch, data_iter=data_iter,
+                    manager=manager, validate=validate, is_main=is_main, start=start,
+                    tokens_per_step=config.batch_size * frames_per_example * n_tokens,
+                    flops_per_step=config.batch_size * stage_flops(config, mcfg, n_tokens))
+
+
+def text_batches(enc, frozen, config, data_iter, ranks: dict, batch_sh: dict):
+    """-> next_batch(): the loader's next batch with instructions embedded (host cache) and made global."""
+    text_cache = encoders.TextEmbeddingCache(enc, frozen, config.text.cache_entries)
+
+    def next_batch():
+        b = next(data_iter)
+        b["text"], b["text_mask"] = text_cache(b.pop("instruction_ids"), b.pop("instruction_mask"))
+        return global_batch({k: b[k] for k in ranks}, batch_sh)
+
+    return next_batch
 
 
 def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings, weights: str = "ema"):
