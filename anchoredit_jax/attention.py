@@ -63,6 +63,20 @@ def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, backend: str =
     return jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths, implementation=impl)
 
 
+def attention_weights(q, k, *, kv_lengths=None):
+    """softmax(q k^T / sqrt(D)) computed explicitly in fp32 (XLA): [B, H, Tq, Tk].
+
+    For inspecting attention (MCIE's cross-attention maps) only: fused kernels (cuDNN) never
+    materialise the probabilities, so this is a separate, slower path run only when maps are asked
+    for. q: [B, Tq, H, D]; k: [B, Tk, H, D]; kv_lengths: optional [B] (keys past it get weight 0).
+    """
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)) / np.sqrt(q.shape[-1])
+    if kv_lengths is not None:
+        valid = jnp.arange(k.shape[1])[None, :] < kv_lengths.astype(jnp.int32)[:, None]  # [B, Tk]
+        logits = jnp.where(valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameLayout:
     """Which frames of a self-attention sequence see which (static, hashable).

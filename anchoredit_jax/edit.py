@@ -7,6 +7,14 @@
 --checkpoint is a training workdir (config.json + checkpoints/ or best/); --weights ema|params|best.
 Sampler defaults (--steps, --sampler, --guidance, --shift) come from the run's `val` config section.
 
+--method anchoredit (default): each turn is sampled from noise with the anchor memory (anchor +
+window --window, default 4). --method mcie: training-free MCIE (anchoredit_jax/mcie.py): the
+previous frame is inverted to noise (LQR --gamma), re-sampled with the dual-objective LQR toward
+X_src + lam (X_prev - X_src) (--eta, --lam, --guided-frac) and attention highlighting
+(--highlight-*). Alone it conditions on the previous frame only (window 1, no anchor); with
+--window W it uses the anchor memory (anchor + W; --no-anchor drops the anchor). Its defaults
+(--steps 8, --sampler fireflow and the MCIE flags) are the paper's; guidance and shift as above.
+
 Image policy (the JSONL loader's, anchoredit_jax.data.jsonl): any size; RGB as is, grey (L, 1)
 replicated, palette expanded, alpha (RGBA, LA, P+transparency) composited over white; 16-bit,
 float, CMYK and other colour spaces are refused. The image is scaled to COVER the model
@@ -45,7 +53,7 @@ from flax import traverse_util
 from PIL import Image
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, editor, encoders
+from anchoredit_jax import checkpointing, editor, encoders, mcie, sampler
 from anchoredit_jax import model as model_lib
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
@@ -56,6 +64,39 @@ NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
 HELP = (":undo  back one turn | :back K  turn K of the current path | :goto ID  any node | :seed N | "
         ":history | :save | :quit")
+
+
+METHODS = ("anchoredit", "mcie")
+MCIE_DEFAULTS = mcie.MCIESettings()
+# (flag, MCIESettings field, type, help); argparse's dest is the field name
+MCIE_FLAGS = (
+    ("--inversion-steps", "inversion_steps", int, "inversion steps (0: as --steps)"),
+    ("--gamma", "gamma", float, "inversion LQR strength"),
+    ("--eta", "eta", float, "sampling LQR strength"),
+    ("--lam", "lam", float, "X_dual = X_src + lam (X_prev - X_src)"),
+    ("--guided-frac", "guided_frac", float, "share of the first sampling steps with the LQR on"),
+    ("--highlight-in", "highlight_in", float, "attention scale inside the highlight mask (in=out=1: off)"),
+    ("--highlight-out", "highlight_out", float, "attention scale outside the mask"),
+    ("--highlight-ranks", "highlight_ranks", float, "LO HI: blocks ranked by activation, fractions"),
+    ("--highlight-threshold", "highlight_threshold", float, "mask threshold on the sigmoid of the maps"),
+)
+
+
+def memory_layout(args) -> tuple[int, bool]:
+    """(window, keep_anchor): MCIE alone conditions on the previous frame only (window 1, no anchor)."""
+    if args.method == "mcie" and args.window is None:
+        return 1, False
+    return (args.window or 4), not args.no_anchor
+
+
+def mcie_settings(args, *, guidance: float, shift: float) -> mcie.MCIESettings:
+    """MCIESettings from the flags (unset ones keep the dataclass defaults); ValueError names a bad one."""
+    given = {field: (tuple(getattr(args, field)) if isinstance(getattr(MCIE_DEFAULTS, field), tuple)
+                     else getattr(args, field))
+             for _, field, _, _ in MCIE_FLAGS if getattr(args, field) is not None}
+    return dataclasses.replace(MCIE_DEFAULTS, num_steps=args.steps or MCIE_DEFAULTS.num_steps,
+                               method=args.sampler or MCIE_DEFAULTS.method, guidance=guidance, shift=shift,
+                               **given).validate()
 
 
 class EditError(Exception):
@@ -166,14 +207,20 @@ class Session:
         self.params, self.frozen = jax.device_put((params, frozen), self.device)
         self.null_text, self.null_mask = jax.device_put(enc.null_text((1,)), self.device)
         val = self.config.get("val", {})
-        self.settings = editor.SamplerSettings(
-            num_steps=args.steps or val.get("sample_steps", 20), method=args.sampler or val.get("sampler", "euler"),
-            shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0),
-            guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0))
+        shift = args.shift if args.shift is not None else val.get("sample_shift", 1.0)
+        guidance = args.guidance if args.guidance is not None else val.get("guidance", 3.0)
         model = model_lib.WanDiT(mcfg)
-        self.turn = jax.jit(functools.partial(editor.edit_turn, model, self.settings))
-        self._start = jax.jit(functools.partial(editor.start, model, window=args.window,
-                                                keep_anchor=not args.no_anchor))
+        self.window, self.keep_anchor = memory_layout(args)
+        if args.method == "mcie":
+            self.settings = mcie_settings(args, guidance=guidance, shift=shift)
+            turn, start = mcie.edit_turn, mcie.start
+        else:
+            self.settings = editor.SamplerSettings(
+                num_steps=args.steps or val.get("sample_steps", 20), method=args.sampler or val.get("sampler", "euler"),
+                shift=shift, guidance=guidance)
+            turn, start = editor.edit_turn, editor.start
+        self.turn = jax.jit(functools.partial(turn, model, self.settings))
+        self._start = jax.jit(functools.partial(start, model, window=self.window, keep_anchor=self.keep_anchor))
         self._encode, self._decode = jax.jit(enc.encode_images), jax.jit(enc.decode_latents)
         self._embed = encoders.TextEmbeddingCache(enc, frozen)
         self.warned, self.warnings, self.memory_bytes = set(), [], None
@@ -196,7 +243,7 @@ class Session:
         """uint8 source -> memory holding it (anchor slot, or window slot 0 with --no-anchor)."""
         x = jax.device_put(to_float(image[None]), self.device)
         mem = self._start(self.params, self._encode(self.frozen, x), self.null_text, self.null_mask)
-        self.memory_bytes = mem.nbytes  # interactive mode keeps one per node, on the host
+        self.memory_bytes = mem.nbytes  # interactive mode keeps one per node (its memory/MCIE state) on the host
         return mem
 
     def run_turn(self, mem, text, mask, depth: int, seed: int):
@@ -219,8 +266,9 @@ class Session:
             checkpoint=os.path.abspath(args.checkpoint), **self.ckpt_info, image=os.path.abspath(args.image),
             input_image=info, resolution=list(jsonl._hw(self.config.data.resolution)),
             image_policy="to RGB (alpha over white), cover-resize (Lanczos) + centre crop to the model resolution",
-            settings=dict(window=args.window, anchor=not args.no_anchor, steps=s.num_steps, sampler=s.method,
+            settings=dict(window=self.window, anchor=self.keep_anchor, steps=s.num_steps, sampler=s.method,
                           guidance=s.guidance, shift=s.shift),
+            method=args.method, **({"mcie": dataclasses.asdict(s)} if args.method == "mcie" else {}),
             seed=args.seed, warnings=self.warnings, turn_fn_cache_size=self.turn._cache_size(),
             memory_bytes=self.memory_bytes,
             device=str(self.device), jax_version=jax.__version__,
@@ -400,22 +448,45 @@ def parse_args(argv):
     ap.add_argument("--image", required=True, help="source image, any size/mode (policy above)")
     ap.add_argument("--instructions", nargs="*", default=[], help="one per turn (interactive: run first)")
     ap.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
-    ap.add_argument("--window", type=int, default=4, help="memory window W (last W turns besides the anchor)")
+    ap.add_argument("--method", choices=METHODS, default="anchoredit", help="editing method (see above)")
+    ap.add_argument("--window", type=int, default=None,
+                    help="memory window W (last W turns besides the anchor); default 4, with --method mcie 1 "
+                         "without anchor")
     ap.add_argument("--no-anchor", action="store_true", help="ablation: no anchor slot, window only")
-    ap.add_argument("--steps", type=int, default=None, help="sampler steps per turn (default: config val)")
-    ap.add_argument("--sampler", choices=("euler", "midpoint", "fireflow"), default=None)
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"sampler steps per turn (default: config val; mcie: {MCIE_DEFAULTS.num_steps})")
+    ap.add_argument("--sampler", choices=sampler.METHODS, default=None,
+                    help=f"default: config val; mcie: {MCIE_DEFAULTS.method} "
+                         f"(an ODE solver: {', '.join(mcie.SOLVERS)})")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     ap.add_argument("--shift", type=float, default=None, help="timestep shift")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", default="", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")
     ap.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (only our files replaced)")
+    g = ap.add_argument_group("MCIE (--method mcie; defaults from mcie.MCIESettings)")
+    for flag, field, kind, what in MCIE_FLAGS:
+        default = getattr(MCIE_DEFAULTS, field)
+        pair = isinstance(default, tuple)
+        g.add_argument(flag, type=kind, default=None, nargs=2 if pair else None, metavar=("LO", "HI") if pair else None,
+                       help=f"{what} (default {default})")
     args = ap.parse_args(argv)
     for flag, v in (("--window", args.window), ("--steps", args.steps)):
         if v is not None and v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")
     if args.shift is not None and args.shift <= 0:
         ap.error(f"--shift must be > 0, got {args.shift}")
+    given = [flag for flag, field, _, _ in MCIE_FLAGS if getattr(args, field) is not None]
+    if args.method != "mcie" and given:
+        ap.error(f"{given[0]} is an MCIE option; add --method mcie")
+    if args.method == "mcie":
+        if args.sampler is not None and args.sampler not in mcie.SOLVERS:
+            ap.error(f"--method mcie inverts with an ODE solver: --sampler must be one of {', '.join(mcie.SOLVERS)}, "
+                     f"got {args.sampler!r}")
+        try:
+            mcie_settings(args, guidance=1.0, shift=1.0)
+        except ValueError as e:
+            ap.error(str(e))
     return args
 
 

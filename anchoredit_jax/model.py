@@ -14,6 +14,15 @@ position * turn_stride, so memory can renumber turns). Self-attention modes (att
   memory           the frames see themselves block-causally plus a fixed-size key/value memory.
 With `return_kv` the model also returns every layer's keys (after RMSNorm, before RoPE) and values
 for its frames: that is how the anchor memory is filled (run at t=0 on the accepted frame).
+
+Two optional cross-attention hooks serve MCIE's adaptive attention highlighting (mcie.py); with
+neither given, the computation is exactly the default one:
+  xattn_probe  [B, K, L] weights over instruction tokens: also return every layer's cross-attention
+               map (probabilities averaged over heads, weighted over tokens) as aux["xattn_maps"]
+               [layers, B, K, N]. The probabilities come from an explicit XLA softmax computed beside
+               the usual attention call (fused kernels do not expose them), so ask only when needed.
+  xattn_scale  [B, K, N] per query token: softmax(QK^T/sqrt d) * M. M is constant along a query's row,
+               so this is M times the attention output; it is NOT renormalised (that would cancel M).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anchoredit_jax.attention import FrameLayout, dot_product_attention, frame_attention
+from anchoredit_jax.attention import FrameLayout, attention_weights, dot_product_attention, frame_attention
 
 MODES = ("bidirectional", "block_causal", "teacher_forcing", "memory")
 REMAT_POLICIES = {
@@ -223,7 +232,7 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """One Wan block: modulated self-attention, cross-attention to the frame's instruction, modulated FFN.
 
-    Called under nn.scan over layers: (hidden, memory_kv_of_this_layer) -> (hidden, kv_out).
+    Called under nn.scan over layers: (hidden, memory_kv_of_this_layer) -> (hidden, (kv_out, xattn_map)).
     hidden [B, F*N, D]; ctx holds per-call constants (broadcast across layers).
     """
 
@@ -273,10 +282,18 @@ class Block(nn.Module):
         kt, vt = attn2.key_value(ctx["text"])  # per turn [B, K, L, H, hd], then gathered per frame
         idx = np.asarray(self.text_index)
         kt, vt, lengths = kt[:, idx], vt[:, idx], ctx["text_lengths"][:, idx]  # [B, F, L, H, hd], [B, F]
-        o = dot_product_attention(q.reshape(b * f, n, *q.shape[2:]), kt.reshape(b * f, *kt.shape[2:]),
-                                  vt.reshape(b * f, *vt.shape[2:]), kv_lengths=lengths.reshape(b * f),
+        q_f, kt_f = q.reshape(b * f, n, *q.shape[2:]), kt.reshape(b * f, *kt.shape[2:])
+        o = dot_product_attention(q_f, kt_f, vt.reshape(b * f, *vt.shape[2:]), kv_lengths=lengths.reshape(b * f),
                                   backend=c.attention_backend)
-        hidden = hidden + attn2.out(o.reshape(b, t, *o.shape[2:])).astype(dt)
+        xattn_map = None
+        if "xattn_probe" in ctx:  # explicit probabilities beside the (possibly fused) call: [B*F, H, N, L]
+            probs = attention_weights(q_f, kt_f, kv_lengths=lengths.reshape(b * f))
+            tokens = ctx["xattn_probe"].reshape(b * f, -1).astype(jnp.float32)
+            xattn_map = jnp.einsum("bhql,bl->bq", probs, tokens).reshape(b, f, n) / c.num_heads
+        o = o.reshape(b, t, *o.shape[2:])
+        if "xattn_scale" in ctx:  # (softmax * M) V == M (softmax V) for a per-query M
+            o = o * ctx["xattn_scale"].reshape(b, t)[:, :, None, None].astype(o.dtype)
+        hidden = hidden + attn2.out(o).astype(dt)
 
         # 3. Feed-forward (GELU tanh), modulated and gated.
         x = per_frame(_layer_norm(c.eps, name="norm3")(hidden)) * (1 + c_scale) + c_shift
@@ -284,7 +301,7 @@ class Block(nn.Module):
         y = _dense(c.dim, ("mlp", "embed"), "ffn_out", dt)(nn.gelu(y, approximate=True))
         hidden = (per_frame(hidden.astype(jnp.float32)) + per_frame(y.astype(jnp.float32)) * c_gate)
         hidden = hidden.reshape(b, t, d).astype(dt)
-        return hidden, kv_out
+        return hidden, (kv_out, xattn_map)
 
 
 # 5. Model ----------------------------------------------------------------------------------------
@@ -295,7 +312,7 @@ class WanDiT(nn.Module):
 
     @nn.compact
     def __call__(self, latents, timesteps, text, text_mask, positions, *, mode: str = "block_causal",
-                 clean=None, memory=None, return_kv: bool = False):
+                 clean=None, memory=None, return_kv: bool = False, xattn_scale=None, xattn_probe=None):
         """Velocity for every frame of `latents`.
 
         Args:
@@ -308,7 +325,10 @@ class WanDiT(nn.Module):
           memory: memory mode only: dict k, v [L, B, S, N, H, hd] (no RoPE), positions [B, S],
             valid [B, S] (valid slots first).
           return_kv: also return {"k", "v"}: [L, B, K, N, H, hd] of the frames in `latents`.
-        Returns: velocity [B, K, h, w, C_out] (and the kv dict if return_kv).
+          xattn_scale: optional [B, K, N] per-token scale of the cross-attention probabilities.
+          xattn_probe: optional [B, K, L] token weights: also return {"xattn_maps": [L, B, K, N]}.
+          (N = tokens per frame; neither in teacher_forcing mode.)
+        Returns: velocity [B, K, h, w, C_out]; with return_kv or xattn_probe also a dict of the extras.
         """
         c = self.config
         if mode not in MODES:
@@ -330,6 +350,12 @@ class WanDiT(nn.Module):
         hp, wp = h // ph, w // pw
         n = hp * wp
         dt = jnp.dtype(c.dtype)
+        if mode == "teacher_forcing" and (xattn_scale is not None or xattn_probe is not None):
+            raise ValueError("xattn_scale / xattn_probe are for generation modes, not 'teacher_forcing'")
+        if xattn_scale is not None:
+            chex.assert_shape(xattn_scale, (b, k_turns, n))
+        if xattn_probe is not None:
+            chex.assert_shape(xattn_probe, text_mask.shape)
 
         # Frames in attention order: teacher forcing runs [clean 0..K-1, noisy 0..K-1] in one pass.
         frames, t_f, pos_f, text_index = latents, timesteps, positions, tuple(range(k_turns))
@@ -353,6 +379,10 @@ class WanDiT(nn.Module):
         temb, mod, text_ctx = ConditionEmbedder(c, name="condition_embedder")(t_f, text.astype(dt))
         ctx = dict(mod=mod, text=text_ctx, text_lengths=text_mask.astype(jnp.int32).sum(-1),
                    rope=rope_cos_sin(c, pos_f, hp, wp))
+        if xattn_scale is not None:
+            ctx["xattn_scale"] = xattn_scale
+        if xattn_probe is not None:
+            ctx["xattn_probe"] = xattn_probe
         mem = None
         if memory is not None:
             chex.assert_rank(memory["k"], 6)
@@ -369,7 +399,7 @@ class WanDiT(nn.Module):
         blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(nn.broadcast, 0), length=c.num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})
-        x, kv = blocks(c, layout, n, text_index, return_kv, name="blocks")(x, ctx, mem)
+        x, (kv, xattn_maps) = blocks(c, layout, n, text_index, return_kv, name="blocks")(x, ctx, mem)
 
         # 4. Output norm (modulated per frame), projection, unpatchify.
         table = self.param("scale_shift_table",
@@ -381,10 +411,15 @@ class WanDiT(nn.Module):
                    kernel_init=nn.initializers.zeros)(x.astype(dt))
         v = einops.rearrange(x, "b f (h w) (p1 p2 c) -> b f (h p1) (w p2) c", h=hp, p1=ph, p2=pw)
         v = v[:, f - k_turns:].astype(jnp.float32)  # teacher forcing: velocity of the noisy frames only
-        if not return_kv:
+        if not return_kv and xattn_probe is None:
             return v
-        kk, vv = kv  # [L, B, F, N, H, hd]
-        return v, {"k": kk[:, :, f - k_turns:], "v": vv[:, :, f - k_turns:]}
+        aux = {}
+        if return_kv:
+            kk, vv = kv  # [L, B, F, N, H, hd]
+            aux.update(k=kk[:, :, f - k_turns:], v=vv[:, :, f - k_turns:])
+        if xattn_probe is not None:
+            aux["xattn_maps"] = xattn_maps  # [L, B, K, N]
+        return v, aux
 
 
 def init_params(config: DiTConfig, rng, *, latent_hw=(4, 4), text_len=4):

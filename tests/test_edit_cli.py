@@ -232,3 +232,55 @@ def test_module_entry_point_on_one_device(ckpt, source_png, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert Image.open(out / "turn_01.png").size == (64, 64)
+
+
+# ----------------------------------------------------------------------------- --method mcie (issue #10)
+def test_mcie_batch_same_seed_same_bytes_and_log(ckpt, source_png, tmp_path, capsys):
+    outs = [tmp_path / name for name in ("a", "b")]
+    for out in outs:
+        rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--method", "mcie",
+                          "--steps", 2, "--instructions", *SEQ.instructions[:2])
+        assert rc == 0, err
+    for name in ("turn_01.png", "turn_02.png", "contact_sheet.png"):
+        assert _read(outs[0] / name) == _read(outs[1] / name), name
+    assert _read(outs[0] / "turn_01.png") != _read(outs[0] / "turn_00_source.png")
+    log = json.loads((outs[0] / "log.json").read_text())
+    assert log["method"] == "mcie" and log["turn_fn_cache_size"] == 1 and len(log["turns"]) == 2
+    # MCIE alone: previous frame only; the paper's solver; guidance from the config
+    assert log["settings"] == dict(window=1, anchor=False, steps=2, sampler="fireflow", guidance=3.0, shift=1.0)
+    assert log["mcie"]["gamma"] == 0.5 and log["mcie"]["eta"] == 0.9 and log["mcie"]["lam"] == 0.7
+    # differs from AnchorEdit with the same seed
+    rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", tmp_path / "ae", "--steps", 2,
+                      "--sampler", "fireflow", "--instructions", *SEQ.instructions[:2])
+    assert rc == 0, err
+    assert _read(tmp_path / "ae" / "turn_01.png") != _read(outs[0] / "turn_01.png")
+
+
+def test_mcie_with_anchor_memory_interactive(ckpt, source_png, tmp_path, capsys, monkeypatch):
+    a, b = SEQ.instructions[:2]
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{b}\n:undo\n{b}\n:quit\n"))
+    out = tmp_path / "session"
+    rc, stdout, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--interactive",
+                           "--method", "mcie", "--window", 2, "--steps", 2, "--sampler", "midpoint", "--eta", 0.5,
+                           "--highlight-ranks", 0.0, 0.5, "--instructions", a)
+    assert rc == 0, err
+    hist = json.loads((out / "history.json").read_text())
+    assert [n["parent"] for n in hist["nodes"]] == [None, 0, 1, 1] and hist["turn_fn_cache_size"] == 1
+    assert hist["settings"]["window"] == 2 and hist["settings"]["anchor"] and hist["method"] == "mcie"
+    assert hist["mcie"]["eta"] == 0.5 and hist["mcie"]["highlight_ranks"] == [0.0, 0.5]
+    assert _read(out / "node_002.png") == _read(out / "node_003.png")  # the branch from the same state, same seed
+
+
+def test_mcie_flag_errors(ckpt, source_png, tmp_path, capsys):
+    base = ["--checkpoint", ckpt, "--image", source_png, "--out", tmp_path / "o", "--instructions", "x"]
+    for extra, msg in ((["--gamma", 0.3], "--gamma is an MCIE option; add --method mcie"),
+                       (["--method", "mcie", "--sampler", "consistency"], "--sampler must be one of"),
+                       (["--method", "mcie", "--eta", 2.0], "eta must be in [0, 1]"),
+                       (["--method", "mcie", "--highlight-ranks", 0.9, 0.1], "highlight_ranks")):
+        rc, _, err = _run(capsys, *base, *extra)
+        assert rc == 2 and msg in err, (extra, err)
+    assert not (tmp_path / "o").exists()
+    rc, out, _ = _run(capsys, "--help")
+    assert rc == 0 and "--method {anchoredit,mcie}" in out and "--highlight-in" in out
+    from anchoredit_jax import sampler
+    assert all(m in out for m in sampler.METHODS)  # --sampler's choices follow sampler.METHODS
