@@ -82,14 +82,18 @@ def load_trained(workdir: str, *, which: str = "ema"):
     """A training workdir -> (experiment ConfigDict, DiTConfig, params) for editing/evaluation.
 
     which: "ema" (the EMA params if the run kept them, else the raw ones), "params" (raw, latest
-    step) or "best" (best validation loss). Errors name what is missing.
+    step) or "best" (best validation loss). Errors name what is missing. A release folder
+    (anchoredit_jax.release) holds one set of weights: `which` does not apply to it.
     """
     import json
 
     import ml_collections
 
+    from anchoredit_jax import release
     from anchoredit_jax.config_lib import model_config
 
+    if release.is_release(workdir):
+        return release.load(workdir)
     workdir = os.path.abspath(workdir)
     cfg_path = os.path.join(workdir, "config.json")
     if not os.path.exists(cfg_path):

@@ -4,7 +4,8 @@
         --instructions "make the circle red" "add a small blue star"
     python -m anchoredit_jax.edit --checkpoint runs/stage1_shapes --image in.png --out edits/ --interactive
 
---checkpoint is a training workdir (config.json + checkpoints/ or best/); --weights ema|params|best.
+--checkpoint is a training workdir (config.json + checkpoints/ or best/; --weights ema|params|best) or a
+release folder (anchoredit_jax.release: one set of weights, --weights does not apply).
 Sampler defaults (--steps, --sampler, --guidance, --shift) come from the run's `val` config section.
 
 --method anchoredit (default): each turn is sampled from noise with the anchor memory (anchor +
@@ -53,7 +54,7 @@ from flax import traverse_util
 from PIL import Image
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, editor, encoders, mcie, sampler
+from anchoredit_jax import checkpointing, editor, encoders, mcie, release, sampler
 from anchoredit_jax import model as model_lib
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
@@ -164,6 +165,10 @@ def _load_checkpoint(path: str, which: str):
         raise EditError(f"--checkpoint: {e}") from None
     except Exception as e:  # noqa: BLE001 - orbax/config errors come in many types; one line for the user
         raise EditError(f"--checkpoint {path}: cannot load the {which} weights ({type(e).__name__}: {e})") from None
+    if release.is_release(path):  # one set of weights; where it came from is in release.json
+        with open(os.path.join(path, "release.json")) as f:
+            info = json.load(f)
+        return config, mcfg, params, {"step": info["step"], "weights": "release", "weights_used": info["weights"]}
     root = os.path.join(path, "best" if which == "best" else "checkpoints")
     step = max(int(s) for s in os.listdir(root) if s.isdigit())
     used = "params" if which == "ema" and not config.get("ema_decay", 0.0) else which  # no EMA kept: raw params

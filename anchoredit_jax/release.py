@@ -1,0 +1,113 @@
+"""A release: the few MB a user needs to edit with a trained run, nothing to train further with.
+
+    python -m anchoredit_jax.release --checkpoint runs/stage2_shapes --weights ema --out weights/shapes_stage2
+
+Layout (every tool that takes --checkpoint reads it, through checkpointing.load_trained):
+  config.json   the run's experiment config, vae.workdir rewritten to "vae" (inside the release)
+  dit/          the DiT params (orbax), the chosen weights only (no optimiser state)
+  vae/          the train_vae workdir's latest checkpoint + vae_config.json + latent_stats.json
+  release.json  where it came from: source workdir, weights, step, date, sizes
+The output folder must not exist (nothing is overwritten).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from anchoredit_jax import checkpointing
+
+DIT, VAE = "dit", "vae"
+
+
+def is_release(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, DIT)) and os.path.exists(os.path.join(path, "config.json"))
+
+
+def _latest_step(root: str) -> int:
+    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"{root} holds no checkpoint")
+    return steps[-1]
+
+
+def export(workdir: str, out: str, *, which: str = "ema") -> dict:
+    """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict."""
+    if os.path.exists(out):
+        raise FileExistsError(f"{out} exists; a release is written to a new folder (nothing is overwritten)")
+    config, _, params = checkpointing.load_trained(workdir, which=which)
+    vae_dir = config.vae.workdir
+    if vae_dir != "random" and not os.path.exists(os.path.join(vae_dir, "latent_stats.json")):
+        raise ValueError(f"{workdir}: its VAE ({vae_dir!r}) is not a train_vae workdir (or 'random' for tests)")
+    tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer() as ck:
+        ck.save(os.path.abspath(os.path.join(tmp, DIT)), jax.device_get(params))
+    if vae_dir != "random":  # "random" (tests) stays a config entry, config.vae.model rebuilds it
+        os.makedirs(os.path.join(tmp, VAE, "checkpoints"))
+        for name in ("vae_config.json", "latent_stats.json"):
+            shutil.copy(os.path.join(vae_dir, name), os.path.join(tmp, VAE, name))
+        step = _latest_step(os.path.join(vae_dir, "checkpoints"))
+        shutil.copytree(os.path.join(vae_dir, "checkpoints", str(step)),
+                        os.path.join(tmp, VAE, "checkpoints", str(step)))
+        config.vae.workdir = VAE
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
+    sub = "best" if which == "best" else "checkpoints"
+    info = {"source": os.path.abspath(workdir), "weights": which,
+            "step": _latest_step(os.path.join(workdir, sub)), "dit_params": n_params,
+            "date": datetime.date.today().isoformat(),
+            "vae_source": vae_dir if vae_dir == "random" else os.path.abspath(vae_dir)}
+    with open(os.path.join(tmp, "release.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.rename(tmp, out)  # all or nothing
+    info["bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    return info
+
+
+def load(path: str):
+    """-> (experiment ConfigDict with vae.workdir made absolute, DiTConfig, params on one device)."""
+    import ml_collections
+
+    from anchoredit_jax.config_lib import model_config
+
+    with open(os.path.join(path, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    if not os.path.isabs(config.vae.workdir) and config.vae.workdir != "random":
+        config.vae.workdir = os.path.join(os.path.abspath(path), config.vae.workdir)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as ck:
+        target_path = os.path.abspath(os.path.join(path, DIT))
+        meta = ck.metadata(target_path)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              getattr(meta, "item_metadata", meta))
+        params = ck.restore(target_path, target)
+    return config, model_config(config), params
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="training or distillation workdir")
+    ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
+    ap.add_argument("--out", required=True, help="new folder")
+    args = ap.parse_args(argv)
+    try:
+        info = export(args.checkpoint, args.out, which=args.weights)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""The evaluation CLI (anchoredit_jax.evaluate), its metrics and the round-trip / no-op protocols.
+
+The checkpoint is a random tiny DiT saved in the training workdir layout (no training run): the
+CLI's plumbing, determinism and method differences do not need a trained model.
+"""
+import csv
+import importlib.util
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from anchoredit_jax import eval_metrics, evaluate
+from anchoredit_jax.config_lib import load_config, model_config
+from anchoredit_jax.data import jsonl, shapes_protocols
+from anchoredit_jax.data.images import to_float
+from anchoredit_jax.data.shapes_edit import generate_sequence
+from anchoredit_jax.model import init_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache_small_programs():
+    old = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "workdir"
+    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test")
+    os.makedirs(workdir / "checkpoints" / "1")
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    params = nn.unbox(init_params(model_config(cfg), jax.random.key(0)))
+    # The output projection starts at zero (velocity 0 whatever the memory): perturb every weight
+    # so that outputs depend on the memory, as a trained model's do.
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    with ocp.StandardCheckpointer() as c:
+        c.save(str(workdir / "checkpoints" / "1" / "state"), {"params": params})
+    return str(workdir)
+
+
+def _cli(ckpt, out, *extra):
+    argv = ["--checkpoint", f"tiny={ckpt}", "--turns", "3", "--num-sequences", "2", "--batch-size", "2",
+            "--steps", "2", "--methods", "anchor_w2,naive", "--out", str(out), *extra]
+    return evaluate.main([str(a) for a in argv])
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_runs(ckpt, tmp_path_factory):
+    outs = [tmp_path_factory.mktemp("eval") / n for n in ("a", "b")]
+    for i, out in enumerate(outs):
+        extra = ["--methods", "anchor_w2,no_anchor_w2,naive"] if i == 0 else []
+        assert _cli(ckpt, out, "--protocols", "edit,roundtrip,noop", *extra) == 0
+    return outs
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_writes_every_file(two_runs):
+    out = two_runs[0]
+    for name in ("metrics.csv", "summary.json", "contact_sheet.png", "contact_sheet_roundtrip.png",
+                 "contact_sheet_noop.png", "table.md", "metric_psnr.png",
+                 "metric_ssim.png", "metric_lpips.png", "metric_identity_psnr.png", "metric_edit_psnr.png"):
+        assert (out / name).is_file(), name
+    rows = _csv(out / "metrics.csv")
+    keys = {(r["method"], r["protocol"], r["metric"]) for r in rows}
+    methods, protocols = {"tiny/anchor_w2", "tiny/no_anchor_w2", "tiny/naive"}, {"edit", "roundtrip", "noop"}
+    assert keys == {(m, p, k) for m in methods for p in protocols for k in eval_metrics.METRICS}
+    assert {int(r["turn"]) for r in rows} == {1, 2, 3}
+    psnr = [r for r in rows if r["metric"] == "psnr"]
+    assert all(int(r["n"]) == 2 and np.isfinite(float(r["value"])) for r in psnr)
+    noop_edit = [r for r in rows if r["protocol"] == "noop" and r["metric"] == "edit_psnr"]
+    assert all(int(r["n"]) == 0 and r["value"] == "" for r in noop_edit)  # nothing to succeed at
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in summary["methods"]] == ["tiny/anchor_w2", "tiny/no_anchor_w2", "tiny/naive"]
+    assert summary["methods"][2]["window"] == 1 and summary["methods"][2]["anchor"] is False
+
+
+def test_same_seed_same_numbers_and_naive_differs(two_runs):
+    a, b = (_csv(o / "metrics.csv") for o in two_runs)
+    assert [r for r in a if "no_anchor" not in r["method"]] == b  # run a has one method more
+    val = {(r["method"], r["protocol"], r["metric"], r["turn"]): r["value"] for r in a}
+    # Turn 1 sees only the source in both memories; later turns differ (anchor + 2 vs the last frame).
+    diffs = [val[("tiny/anchor_w2", "edit", "source_psnr", t)] != val[("tiny/naive", "edit", "source_psnr", t)]
+             for t in ("2", "3")]
+    assert all(diffs)
+
+
+def test_anchor_matters_only_after_eviction(two_runs):
+    """No-anchor W=2 holds the source in its window until turn 3 evicts it: turns 1-2 equal anchor W=2
+    (same keys, same RoPE slots), turn 3 differs."""
+    val = {(r["method"], r["metric"], r["turn"]): float(r["value"]) for r in _csv(two_runs[0] / "metrics.csv")
+           if r["protocol"] == "noop" and r["metric"] == "source_psnr"}
+    for t in ("1", "2"):
+        assert val[("tiny/anchor_w2", "source_psnr", t)] == pytest.approx(val[("tiny/no_anchor_w2", "source_psnr", t)],
+                                                                          abs=2e-5)  # csv: 6 digits
+    assert abs(val[("tiny/anchor_w2", "source_psnr", "3")] - val[("tiny/no_anchor_w2", "source_psnr", "3")]) > 1e-3
+
+
+def test_protocol_paths_and_padding(ckpt, tmp_path):
+    """A JSONL set (one sequence shorter than --turns, one turn without a target) runs, and padding
+    turns are never counted."""
+    seqs = [generate_sequence(i, 3 - i, 64, split="heldout_seeds") for i in range(2)]
+    seqs[0].has_target[1] = False
+    path = jsonl.export_jsonl(seqs, str(tmp_path / "data"))
+    assert _cli(ckpt, tmp_path / "out", "--jsonl", path, "--methods", "naive", "--sheet", "1") == 0
+    n = {(r["metric"], r["turn"]): int(r["n"]) for r in _csv(tmp_path / "out" / "metrics.csv")}
+    assert [n[("source_psnr", t)] for t in "123"] == [2, 2, 1]
+    assert [n[("psnr", t)] for t in "123"] == [2, 1, 1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "anchor_w0"], "unknown method"), (["--methods", "bogus"], "unknown method"),
+    (["--steps", "two"], "--steps"), (["--sampler", "magic"], "--sampler"),
+])
+def test_bad_input_one_clear_error(ckpt, tmp_path, capsys, extra, message):
+    assert _cli(ckpt, tmp_path / "out", *extra) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert not (tmp_path / "out").exists()  # nothing written before the checks pass
+
+
+def test_bad_paths_and_flags(ckpt, tmp_path, capsys):
+    assert evaluate.main(["--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", ckpt, "--turns", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--turns must be >= 1" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("keep")
+    assert _cli(ckpt, tmp_path / "full") == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert _cli(ckpt, tmp_path / "full", "--overwrite", "--sheet", "0") == 0
+    assert (tmp_path / "full" / "mine.txt").read_text() == "keep" and (tmp_path / "full" / "metrics.csv").is_file()
+
+
+def test_method_registry_and_names():
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--methods", "naive", "--windows", "1,4",
+                                "--no-anchor", "--steps", "4,20"])
+    methods = evaluate.make_methods(args, {"s1": {"guidance": 2.0}})
+    assert [m.name for m in methods] == [f"s1/{p}/s{n}" for p in ("naive", "anchor_w1", "no_anchor_w1", "anchor_w4",
+                                                                  "no_anchor_w4") for n in (4, 20)]
+    assert [(m.window, m.keep_anchor) for m in methods[:6:2]] == [(1, False), (1, True), (1, False)]
+    # Unset sampler flags come from each checkpoint's `val` section (a distilled run: consistency, 4 steps).
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--guidance", "1.5"])
+    m1, _, m3, _ = evaluate.make_methods(args, {"s1": {}, "s3": {"sampler": "consistency", "sample_steps": 4}})
+    assert (m1.settings.method, m1.settings.num_steps, m1.settings.guidance) == ("euler", 20, 1.5)
+    assert (m3.name, m3.settings.method, m3.settings.num_steps) == ("s3/anchor_w4", "consistency", 4)
+    assert evaluate.parse_checkpoint("a=runs/x@params", "ema") == ("a", "runs/x", "params")
+    assert evaluate.parse_checkpoint("runs/stage1/", "best") == ("stage1", "runs/stage1/", "best")
+    assert set(evaluate.METHODS) >= {"anchoredit"}
+
+
+def test_mcie_hook():
+    if "mcie" in evaluate.METHODS:  # wired: the preset runs MCIE alone (previous frame only)
+        assert evaluate.parse_preset("mcie") == dict(kind="mcie", window=1, keep_anchor=False)
+    else:
+        with pytest.raises(evaluate.EvalError, match="not wired"):
+            evaluate.parse_preset("mcie")
+
+
+def test_drift_benchmark_is_a_thin_alias():
+    spec = importlib.util.spec_from_file_location("drift", os.path.join(ROOT, "benchmarks", "drift.py"))
+    drift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(drift)
+    ap_args = type("A", (), dict(run=["s1=a", "s2=b"], window=3, no_anchor=True, turns=7, num_sequences=5, steps=9,
+                                 sampler="euler", guidance=2.0, weights="params", seed=1, protocols="edit",
+                                 out="o", overwrite=False))
+    args = evaluate.parse_args(drift.to_evaluate_argv(ap_args))
+    assert args.checkpoint == ["s1=a", "s2=b"] and args.methods == "no_anchor_w3"
+    assert (args.turns, args.num_sequences, args.steps, args.weights) == (7, 5, "9", "params")
+
+
+# ----------------------------------------------------------------------------- metrics
+def _metrics(images, targets, source, masks, **flags):
+    k, b = images.shape[:2]
+    ones = jnp.ones((k, b), bool)
+    lp = lambda x, y: jnp.mean(jnp.abs(x - y), (1, 2, 3))  # noqa: E731 - a stand-in with LPIPS's shape
+    out = eval_metrics.per_turn_metrics(lp, images, targets, source, masks, flags.get("has_target", ones),
+                                        flags.get("has_mask", ones), flags.get("exists", ones))
+    return {m: (np.asarray(v), np.asarray(ok)) for m, (v, ok) in out.items()}
+
+
+def test_psnr_capped_and_matches_definition():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+    assert np.allclose(eval_metrics.psnr(x, x), eval_metrics.PSNR_CAP)
+    y = jnp.clip(x + 0.1, -1, 1)
+    mse = np.mean(np.square((np.asarray(x) - np.asarray(y)) / 2), (1, 2, 3))
+    np.testing.assert_allclose(eval_metrics.psnr(x, y), -10 * np.log10(mse), rtol=1e-5)
+    full = jnp.ones((2, 8, 8), bool)
+    np.testing.assert_allclose(eval_metrics.masked_errors(x, y, full)[0], eval_metrics.psnr(x, y), rtol=1e-5)
+    assert np.allclose(eval_metrics.masked_errors(x, x, full)[0], eval_metrics.PSNR_CAP)
+    np.testing.assert_allclose(eval_metrics.ssim(x, x), 1.0, atol=1e-5)
+
+
+def test_identity_and_edit_success_use_the_masks():
+    rng = np.random.default_rng(1)
+    src = jnp.asarray(rng.uniform(-1, 1, (1, 8, 8, 3)), jnp.float32)
+    masks = np.zeros((2, 1, 8, 8), bool)
+    masks[0, 0, :2], masks[1, 0, :, :2] = True, True  # turn 1 edits rows 0-1, turn 2 columns 0-1
+    tgt = jnp.stack([src.at[:, :2].set(0.5), src.at[:, :2].set(0.5).at[:, :, :2].set(-0.5)])
+    # Output: equal to the source outside the masks, garbage inside them.
+    out = jnp.where(jnp.asarray(masks)[..., None], 0.9, src[None])
+    m = _metrics(out, tgt, src, jnp.asarray(masks))
+    assert np.allclose(m["identity_psnr"][0], eval_metrics.PSNR_CAP) and m["identity_mae"][0].max() == 0
+    assert m["identity_psnr"][1].all()
+    # Edit success: inside turn 1's mask the output is 0.9 vs target 0.5 -> MAE 0.2 on [0, 1].
+    np.testing.assert_allclose(m["edit_mae"][0][0], 0.2, atol=1e-6)
+    # The same error OUTSIDE the cumulative masks must hurt identity, not edit success.
+    bad = out.at[1, 0, 5, 5].set(-1.0)
+    m2 = _metrics(bad, tgt, src, jnp.asarray(masks))
+    assert m2["identity_psnr"][0][1] < 60 and m2["identity_psnr"][0][0] == m["identity_psnr"][0][0]
+    np.testing.assert_allclose(m2["edit_mae"][0], m["edit_mae"][0])
+    # Unknown masks: identity is not measured from there on; empty mask: no edit success.
+    m3 = _metrics(out, tgt, src, jnp.asarray(masks).at[1].set(False),
+                  has_mask=jnp.array([[False], [True]]))
+    assert not m3["identity_psnr"][1].any() and not m3["edit_psnr"][1].any()
+
+
+def test_aggregate_counts_only_valid():
+    mean, n = eval_metrics.aggregate(np.array([[1.0, 5.0], [3.0, np.inf]]), np.array([[True, False], [True, False]]))
+    assert mean[0] == 2.0 and np.isnan(mean[1]) and list(n) == [2, 0]
+
+
+# ----------------------------------------------------------------------------- protocols
+@pytest.mark.parametrize("seed", range(10_000, 10_020))
+def test_roundtrip_ground_truth(seed):
+    s = shapes_protocols.roundtrip_sequence(seed, 5)
+    assert s.edit_types == ["add", "remove"] * 2 + ["add"]
+    assert s.instructions[0] == s.instructions[2] == s.instructions[4] and s.instructions[1] == s.instructions[3]
+    for k in (1, 3):
+        assert np.array_equal(s.targets[k], s.source)  # after every remove: exactly the source
+    for k in (2, 4):
+        assert np.array_equal(s.targets[k], s.targets[0])
+    changed = (s.targets[0] != s.source).any(-1)
+    assert changed.any() and not (changed & ~s.masks[0]).any() and not (changed & ~s.masks[1]).any()
+
+
+def test_noop_ground_truth():
+    s = shapes_protocols.noop_sequence(10_000, 6)
+    assert all(np.array_equal(t, s.source) for t in s.targets) and not s.masks.any()
+    assert set(s.edit_types) == {"noop"} and len(set(s.instructions)) > 1
+    assert np.array_equal(s.source, generate_sequence(10_000, 1, 64, split="heldout_seeds").source)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        shapes_protocols.make_sequence("bogus", 0, 2)
+
+
+def test_cli_protocol_ground_truth_scores_perfect_output():
+    """Feeding the targets themselves as outputs: PSNR at the cap, identity perfect on round trips."""
+    s = shapes_protocols.roundtrip_sequence(10_001, 4)
+    d = evaluate.stack_sequences("roundtrip", [s], 4)
+    t = lambda a: jnp.asarray(np.swapaxes(a, 0, 1))  # noqa: E731
+    m = _metrics(to_float(t(d.targets)), to_float(t(d.targets)), to_float(jnp.asarray(d.source)), t(d.masks))
+    assert np.allclose(m["psnr"][0], eval_metrics.PSNR_CAP)
+    assert np.allclose(m["identity_psnr"][0], eval_metrics.PSNR_CAP) and m["identity_psnr"][1].all()
+    np.testing.assert_allclose(m["source_psnr"][0][1::2], eval_metrics.PSNR_CAP)  # removes return the source
