@@ -9,7 +9,9 @@ methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
   anchor_wN     AnchorEdit: anchor slot (the source) + window of the last N turns
   no_anchor_wN  the same memory without the anchor (ablation)
   naive         naive chaining: window 1, no anchor (each turn sees only the previous output)
-  mcie          reserved for MCIE (registered in METHODS once wired)
+  mcie          MCIE (training-free, mcie.py) with the previous frame only as memory
+  mcie_anchor_wN  MCIE stacked on AnchorEdit's anchor + window-N memory
+  (MCIE rows use MCIE's own sampler defaults: 8 FireFlow steps, the paper's; guidance as the others)
 --windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
 --sampler take comma lists: every value makes its own method (name suffix /sN, /sampler).
 Checkpoints: --checkpoint [NAME=]WORKDIR[@ema|params|best], repeatable (stage 1 vs 2 vs 3).
@@ -37,17 +39,15 @@ import dataclasses
 import functools
 import glob
 import os
-import re
 import sys
 import time
-from typing import Callable
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from anchoredit_jax import edit as edit_cli
-from anchoredit_jax import editor, encoders, eval_metrics, sampler
+from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
@@ -64,62 +64,15 @@ TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "source_
 NOOP_PAD = "keep it as it is"  # instruction of padding turns (short JSONL sequences); never scored
 
 
-# ----------------------------------------------------------------------------- methods
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """What produces the outputs: a checkpoint, a memory layout and a sampler."""
-
-    name: str  # "<checkpoint>/<preset>[/sN][/sampler]"
-    checkpoint: str  # name of a --checkpoint
-    kind: str = "anchoredit"  # key of METHODS
-    window: int = 4
-    keep_anchor: bool = True
-    settings: editor.SamplerSettings = editor.SamplerSettings()
-
-
-# A builder: (model, encoders, method) -> jitted fn(params, source_latent [B, h, w, C],
-# texts [K, B, L, D], text_masks [K, B, L], rng) -> latents [K, B, h, w, C].
-EditSequenceFn = Callable[..., jax.Array]
-
-
-def _build_anchoredit(model: WanDiT, enc: encoders.Encoders, method: Method) -> EditSequenceFn:
-    def fn(params, source, texts, text_masks, rng):
-        null_text, null_mask = enc.null_text((source.shape[0],))
-        mem = editor.start(model, params, source, null_text, null_mask, window=method.window,
-                           keep_anchor=method.keep_anchor)
-        return editor.edit_sequence(model, method.settings, params, mem, texts, text_masks, null_text, null_mask,
-                                    rng)[0]
-    return jax.jit(fn)
-
-
-METHODS: dict[str, Callable[[WanDiT, encoders.Encoders, Method], EditSequenceFn]] = {
-    "anchoredit": _build_anchoredit,
-    # >>> MCIE HOOK (the lead wires it; mcie.py is not imported here yet). A builder such as
-    # def _build_mcie(model, enc, method):
-    #     settings = mcie.MCIESettings(...)  # from method.settings (steps, sampler, guidance, shift)
-    #     def fn(params, source, texts, text_masks, rng):
-    #         null_text, null_mask = enc.null_text((source.shape[0],))
-    #         state = mcie.start(model, params, source, null_text, null_mask, window=method.window,
-    #                            keep_anchor=method.keep_anchor)
-    #         return mcie.edit_sequence(model, settings, params, state, texts, text_masks, null_text, null_mask,
-    #                                   rng)[0]
-    #     return jax.jit(fn)
-    # registered as "mcie": _build_mcie; the preset "mcie" (window 1, no anchor) then runs it.
-}
+# ----------------------------------------------------------------------------- methods (eval_methods.py)
+Method, METHODS = eval_methods.Method, eval_methods.METHODS
 
 
 def parse_preset(preset: str) -> dict:
-    """A --methods entry -> Method fields (kind, window, keep_anchor); EvalError if unknown."""
-    if preset == "naive":
-        return dict(kind="anchoredit", window=1, keep_anchor=False)
-    m = re.fullmatch(r"(no_)?anchor_w(\d+)", preset)
-    if m and int(m.group(2)) >= 1:
-        return dict(kind="anchoredit", window=int(m.group(2)), keep_anchor=not m.group(1))
-    if preset == "mcie":
-        if "mcie" not in METHODS:
-            raise EvalError("method 'mcie' is not wired yet (evaluate.METHODS has no 'mcie' builder)")
-        return dict(kind="mcie", window=1, keep_anchor=False)  # MCIE alone: the previous frame only
-    raise EvalError(f"unknown method {preset!r}; use naive, anchor_wN, no_anchor_wN (N >= 1) or mcie")
+    try:
+        return eval_methods.parse_preset(preset)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
 
 
 def method_grid(args) -> tuple[list[str], list[int | None], list[str | None]]:
@@ -270,14 +223,19 @@ def batch_indices(n: int, batch_size: int) -> list[np.ndarray]:
 
 
 def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: Batchable, text, tmask, *,
-                    batch_size: int, seed: int, keep: int, bar) -> tuple[dict, np.ndarray, float]:
+                    batch_size: int, seed: int, keep: int, bar) -> tuple[dict, np.ndarray, dict]:
     """One method on one protocol -> ({metric: (values [N, K], valid [N, K])}, uint8 outputs of the first
-    `keep` sequences [keep, K, H, W, 3], seconds incl. compilation)."""
-    vals, shown, t0 = {}, [], time.perf_counter()
+    `keep` sequences [keep, K, H, W, 3], timing: seconds incl. compilation and seconds per turn of
+    one batch of edits, from the batches after the first (compiled) one when there are any)."""
+    vals, shown, t0, edit_secs = {}, [], time.perf_counter(), []
     for bi, idx in enumerate(batch_indices(len(data.seeds), batch_size)):
         src = to_float(data.source[idx])
-        latents = run_fn(ld.params, encode_fn(ld.frozen, src), np.swapaxes(text[idx], 0, 1),
-                         np.swapaxes(tmask[idx], 0, 1), jax.random.fold_in(jax.random.key(seed), bi))
+        source_latent = jax.block_until_ready(encode_fn(ld.frozen, src))
+        t_edit = time.perf_counter()
+        latents = jax.block_until_ready(run_fn(ld.params, source_latent, np.swapaxes(text[idx], 0, 1),
+                                               np.swapaxes(tmask[idx], 0, 1),
+                                               jax.random.fold_in(jax.random.key(seed), bi)))
+        edit_secs.append(time.perf_counter() - t_edit)
         images = decode_fn(ld.frozen, latents)  # [K, B, H, W, 3]
         t = lambda a: np.swapaxes(a[idx], 0, 1)  # noqa: E731 - [B, K, ...] -> [K, B, ...]
         got = jax.device_get(metrics_fn(images, to_float(t(data.targets)), src, t(data.masks), t(data.has_target),
@@ -291,7 +249,10 @@ def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: 
             shown.append(np.swapaxes(to_uint8(images), 0, 1)[:real])
         bar.update(1)
     out = {k: (np.concatenate(v), np.concatenate(ok)) for k, (v, ok) in vals.items()}
-    return out, np.concatenate(shown)[:keep] if shown else None, time.perf_counter() - t0
+    warm = edit_secs[1:] or edit_secs
+    timing = dict(seconds_incl_compile=time.perf_counter() - t0, batch_size=batch_size,
+                  seconds_per_turn=float(np.median(warm)) / text.shape[1], includes_compile=len(edit_secs) == 1)
+    return out, np.concatenate(shown)[:keep] if shown else None, timing
 
 
 def run(args) -> dict:
@@ -357,6 +318,15 @@ def format_table(cur, methods, datasets, turns: int) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+def format_timings(timings: dict) -> str:
+    lines = ["", "seconds per turn (median over batches after the first, compiled; one batch of edits)", "",
+             "| method / protocol | batch | s per turn |", "|---|---|---|"]
+    for name, t in timings.items():
+        note = " (incl. compile: one batch only)" if t["includes_compile"] else ""
+        lines.append(f"| {name} | {t['batch_size']} | {t['seconds_per_turn']:.4f}{note} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_curves(cur, methods, datasets, turns: int, out: str) -> list[str]:
     import matplotlib
 
@@ -416,11 +386,13 @@ def write_outputs(args, methods, datasets, loaded, results, sheets, timings) -> 
         methods=[dict(name=m.name, checkpoint=m.checkpoint, kind=m.kind, window=m.window, anchor=m.keep_anchor,
                       **dataclasses.asdict(m.settings)) for m in methods],
         protocols={d.name: dict(sequences=len(d.seeds), seeds=d.seeds) for d in datasets},
-        seconds_incl_compile=timings,
+        seconds_incl_compile={k: t["seconds_incl_compile"] for k, t in timings.items()},
+        seconds_per_turn={k: {f: t[f] for f in ("seconds_per_turn", "batch_size", "includes_compile")}
+                          for k, t in timings.items()},
         curves={f"{mn} | {pn}": {metric: dict(value=[_num(x) for x in mean], n=[int(x) for x in n])
                                  for metric, (mean, n) in per.items()} for (mn, pn), per in cur.items()})
     edit_cli._write_json(os.path.join(args.out, "summary.json"), summary)  # noqa: SLF001 - atomic json writer
-    table = format_table(cur, methods, datasets, args.turns)
+    table = format_table(cur, methods, datasets, args.turns) + format_timings(timings)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write(table)
     print(table)

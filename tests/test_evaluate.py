@@ -165,12 +165,21 @@ def test_method_registry_and_names():
     assert set(evaluate.METHODS) >= {"anchoredit"}
 
 
-def test_mcie_hook():
-    if "mcie" in evaluate.METHODS:  # wired: the preset runs MCIE alone (previous frame only)
-        assert evaluate.parse_preset("mcie") == dict(kind="mcie", window=1, keep_anchor=False)
-    else:
-        with pytest.raises(evaluate.EvalError, match="not wired"):
-            evaluate.parse_preset("mcie")
+def test_mcie_presets():
+    assert evaluate.parse_preset("mcie") == dict(kind="mcie", window=1, keep_anchor=False)  # previous frame only
+    assert evaluate.parse_preset("mcie_anchor_w4") == dict(kind="mcie", window=4, keep_anchor=True)
+    for bad in ("mcie_anchor_w0", "mcie_no_anchor_w2", "mcie2"):
+        with pytest.raises(evaluate.EvalError, match="unknown method"):
+            evaluate.parse_preset(bad)
+
+
+def test_mcie_row_runs_and_records_latency(ckpt, tmp_path):
+    out = tmp_path / "mcie"
+    assert _cli(ckpt, out, "--methods", "mcie", "--num-sequences", "2", "--batch-size", "1", "--sheet", "0") == 0
+    with open(out / "summary.json") as f:
+        summary = json.load(f)
+    (name, t), = summary["seconds_per_turn"].items()
+    assert name.startswith("tiny/mcie") and t["batch_size"] == 1 and t["seconds_per_turn"] > 0
 
 
 def test_drift_benchmark_is_a_thin_alias():
