@@ -9,6 +9,9 @@ Converted trees are checked against `jax.eval_shape(init)`, naming the first mis
     model, params = interop.load_diffusers_transformer("path/to/transformer")   # a diffusers folder
     v = model.apply({"params": params}, latents, t, text, text_mask, positions, mode="block_causal")
     interop.save_diffusers_transformer(model.config, params, "out/transformer")  # from_pretrained loads it
+
+The original Wan2.1 naming (`blocks.0.self_attn.q.weight`, `head.head`, ...) is a second, exact
+rename table on top of the diffusers names (`original_key`); loading detects it.
 """
 from __future__ import annotations
 
@@ -184,6 +187,101 @@ def to_state_dict(params: dict, config: DiTConfig, *, dtype=None) -> dict[str, n
     return out
 
 
+# Original Wan2.1 naming (Wan-Video/Wan2.1 `wan/modules/model.py`, Self-Forcing, ComfyUI) ----------
+# (diffusers module path, original module path): exact prefixes on dotted boundaries, as in diffusers'
+# scripts/convert_wan_to_diffusers.py. Tensor layouts are identical; only names differ. The original
+# code calls the cross-attention norm `norm3` and the FFN norm `norm2` (diffusers swaps them).
+_ORIGINAL_TOP = [
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("patch_embedding", "patch_embedding"),
+    ("proj_out", "head.head"),
+    ("scale_shift_table", "head.modulation"),
+]
+_ORIGINAL_BLOCK = [("scale_shift_table", "modulation"), ("norm2", "norm3"),
+                   ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2")]
+for _a, _o in (("attn1", "self_attn"), ("attn2", "cross_attn")):
+    _ORIGINAL_BLOCK += [(f"{_a}.to_q", f"{_o}.q"), (f"{_a}.to_k", f"{_o}.k"), (f"{_a}.to_v", f"{_o}.v"),
+                        (f"{_a}.to_out.0", f"{_o}.o"), (f"{_a}.norm_q", f"{_o}.norm_q"),
+                        (f"{_a}.norm_k", f"{_o}.norm_k")]
+# Prefixes other code bases put in front of the model's own keys (checked in this order).
+ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.")
+
+
+def _rename(key: str, table) -> str:
+    for src, dst in table:
+        if key == src or key.startswith(src + "."):
+            return dst + key[len(src):]
+    raise KeyError(key)
+
+
+def original_key(diffusers_key: str) -> str:
+    """'blocks.3.attn1.to_out.0.weight' -> 'blocks.3.self_attn.o.weight' (and the top-level names)."""
+    parts = diffusers_key.split(".", 2)
+    if parts[0] == "blocks":
+        return f"blocks.{parts[1]}.{_rename(parts[2], _ORIGINAL_BLOCK)}"
+    return _rename(diffusers_key, _ORIGINAL_TOP)
+
+
+def is_original_naming(keys) -> bool:
+    """True for a state dict in the original Wan naming (possibly under a prefix)."""
+    return any(k.endswith(("head.head.weight", "time_projection.1.weight")) for k in keys)
+
+
+def from_original_naming(state: dict, config: DiTConfig) -> dict:
+    """Original-Wan-named tensors -> diffusers-named tensors for this config (unknown names refused)."""
+    keys = list(state)
+    for prefix in ORIGINAL_PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            break
+    names = {original_key(row[0]): row[0] for row in key_table(config)}
+    unexpected = sorted(k for k in state if k not in names)
+    if unexpected:
+        raise ValueError(f"{len(unexpected)} tensors of the original-Wan checkpoint have no place in this model, "
+                         f"first: {unexpected[0]!r}")
+    missing = sorted(k for k in names if k not in state)
+    if missing:
+        raise ValueError(f"the original-Wan checkpoint lacks {len(missing)} tensors of this model, "
+                         f"first: {missing[0]!r}")
+    return {names[k]: v for k, v in state.items()}
+
+
+def to_original_naming(state: dict) -> dict:
+    """diffusers-named tensors -> original Wan names (same arrays)."""
+    return {original_key(k): v for k, v in state.items()}
+
+
+def config_from_wan_original(d: dict, **overrides) -> DiTConfig:
+    """The original Wan2.1 `config.json` (dim, num_heads, in_dim, ...) -> DiTConfig. T2V only."""
+    if d.get("model_type", "t2v") != "t2v":
+        raise ValueError(f"original Wan config has model_type={d['model_type']!r}; only 't2v' is supported")
+    if d["dim"] % d["num_heads"]:
+        raise ValueError(f"original Wan config: dim {d['dim']} is not divisible by num_heads {d['num_heads']}")
+    return DiTConfig(num_layers=d["num_layers"], num_heads=d["num_heads"], head_dim=d["dim"] // d["num_heads"],
+                     ffn_dim=d["ffn_dim"], in_channels=d.get("in_dim", 16), out_channels=d.get("out_dim", 16),
+                     text_dim=d.get("text_dim", 4096), freq_dim=d.get("freq_dim", 256),
+                     patch_size=tuple(d.get("patch_size", (1, 2, 2))), cross_attn_norm=d.get("cross_attn_norm", True),
+                     eps=d.get("eps", 1e-6), **overrides).validate()
+
+
+def config_to_wan_original(c: DiTConfig) -> dict:
+    return {"_class_name": "WanModel", "model_type": "t2v", "patch_size": list(c.patch_size), "dim": c.dim,
+            "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim, "in_dim": c.in_channels, "out_dim": c.out_channels,
+            "text_dim": c.text_dim, "num_heads": c.num_heads, "num_layers": c.num_layers,
+            "cross_attn_norm": c.cross_attn_norm, "qk_norm": True, "eps": c.eps, "text_len": 512}
+
+
+def save_wan_original(config: DiTConfig, params: dict, out_dir: str, *, dtype=None,
+                      max_shard_bytes: int = 5 * 2**30, overwrite: bool = False):
+    """Writes config.json + safetensors in the original Wan2.1 layout (as the Wan-Video release ships)."""
+    write_safetensors_folder(to_original_naming(to_state_dict(params, config, dtype=dtype)), out_dir,
+                             config_to_wan_original(config), max_shard_bytes=max_shard_bytes, overwrite=overwrite)
+
+
 # Folders -----------------------------------------------------------------------------------------
 def refuse_pickles(path: str):
     """A pickle file, or a folder holding only pickle weights, is refused with a clear message."""
@@ -225,23 +323,46 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def load_diffusers_transformer(path: str, *, dtype: str = "float32", **config_overrides):
     """A diffusers `WanTransformer3DModel` folder -> (WanDiT module, fp32 params).
 
+    Also reads the original Wan2.1 release (its config.json and `blocks.0.self_attn.q.weight`-style
+    names, with or without a `model.`/`diffusion_model.` prefix), as a folder or one .safetensors file.
+
     dtype is the compute dtype of the returned module (params are always fp32). Other keyword
     arguments override DiTConfig fields (turn_stride, attention_backend, remat_policy, ...).
     """
     refuse_pickles(path)
-    with open(os.path.join(path, "config.json")) as f:
-        config = config_from_diffusers(json.load(f), dtype=dtype, **config_overrides)
-    params = from_state_dict(read_safetensors(path), config)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    cfg_file = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"no config.json next to {path} (a diffusers or original Wan2.1 config is needed)")
+    with open(cfg_file) as f:
+        d = json.load(f)
+    original = "dim" in d and "num_attention_heads" not in d  # the original Wan2.1 config.json
+    config = (config_from_wan_original if original else config_from_diffusers)(d, dtype=dtype, **config_overrides)
+    state = read_safetensors(path)
+    original_names = is_original_naming(state)
+    if original_names:
+        state = from_original_naming(state, config)
+    try:
+        params = from_state_dict(state, config)
+    except ValueError as e:  # name the tensor as the user's file does
+        msg = str(e)
+        if original_names:
+            for k in state:
+                msg = msg.replace(repr(k), f"{original_key(k)!r} (diffusers name {k!r})")
+        raise ValueError(f"{path}: {msg}") from None
     return WanDiT(config), jax.tree.map(jnp.asarray, params)
 
 
-def save_diffusers_transformer(config: DiTConfig, params: dict, out_dir: str, *, dtype=None,
-                               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False):
-    """Writes a folder that `WanTransformer3DModel.from_pretrained(out_dir)` loads (sharded if large)."""
-    if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
+def write_safetensors_folder(state: dict[str, np.ndarray], out_dir: str, config: dict, *,
+                             weights_name: str = WEIGHTS_NAME, max_shard_bytes: int = 5 * 2**30,
+                             overwrite: bool = False):
+    """Writes `config.json` + tensors as diffusers does (one file, or shards plus an index when large).
+
+    An existing non-empty `out_dir` is refused unless overwrite=True.
+    """
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True to replace it")
     os.makedirs(out_dir, exist_ok=True)
-    state = to_state_dict(params, config, dtype=dtype)
     shards, cur, size = [], {}, 0
     for k, v in state.items():
         if cur and size + v.nbytes > max_shard_bytes:
@@ -249,21 +370,30 @@ def save_diffusers_transformer(config: DiTConfig, params: dict, out_dir: str, *,
             cur, size = {}, 0
         cur[k], size = v, size + v.nbytes
     shards.append(cur)
+    # safetensors.flax writes bfloat16 (numpy's writer cannot)
     if len(shards) == 1:
-        save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, os.path.join(out_dir, WEIGHTS_NAME),
+        save_file({k: jnp.asarray(v) for k, v in shards[0].items()}, os.path.join(out_dir, weights_name),
                   metadata={"format": "pt"})
     else:
+        stem = weights_name[:-len(".safetensors")]
         weight_map = {}
         for i, shard in enumerate(shards):
-            name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            name = f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             save_file({k: jnp.asarray(v) for k, v in shard.items()}, os.path.join(out_dir, name),
                       metadata={"format": "pt"})
             weight_map.update({k: name for k in shard})
-        with open(os.path.join(out_dir, INDEX_NAME), "w") as f:
+        with open(os.path.join(out_dir, weights_name + ".index.json"), "w") as f:
             json.dump({"metadata": {"total_size": sum(v.nbytes for v in state.values())},
                        "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(config_to_diffusers(config), f, indent=2)
+        json.dump(config, f, indent=2)
+
+
+def save_diffusers_transformer(config: DiTConfig, params: dict, out_dir: str, *, dtype=None,
+                               max_shard_bytes: int = 5 * 2**30, overwrite: bool = False):
+    """Writes a folder that `WanTransformer3DModel.from_pretrained(out_dir)` loads (sharded if large)."""
+    write_safetensors_folder(to_state_dict(params, config, dtype=dtype), out_dir, config_to_diffusers(config),
+                             max_shard_bytes=max_shard_bytes, overwrite=overwrite)
 
 
 def dit_config_dict(config: DiTConfig) -> dict:

@@ -436,3 +436,67 @@ def load_diffusers_vae(path: str) -> tuple[WanVAEConfig, dict]:
     # host numpy fp32 copies (bf16/fp16 checkpoints are upcast)
     state = {k: np.asarray(v, np.float32) for k, v in read_safetensors(path).items()}
     return config, convert_diffusers_state_dict(state, config)
+
+
+# JAX -> diffusers: the inverse table. diffusers keeps every conv of the causal video VAE 3-D except
+# the per-frame ones below, and its RMS gammas broadcastable over (T,) H, W.
+_CONV2D_MODULES = ("resample_1", "to_qkv", "proj")  # nn.Conv2d in diffusers
+
+
+def diffusers_state_dict(params: dict, config: WanVAEConfig) -> dict:
+    """`{'params': ...}` -> the full tensor set of diffusers' `AutoencoderKLWan(**config.to_diffusers())`.
+
+    Inverse of `convert_diffusers_state_dict`: a 2-D kernel goes into the LAST temporal slice of its
+    causal 3-D kernel (earlier slices zero, so one frame computes exactly what it computes here).
+    The temporal resamplers (`time_conv`), never run on one frame, are written as the identity on the
+    newest frame: a video through the exported VAE repeats/drops frames instead of mixing them.
+    """
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params["params"])[0]:
+        names = tuple(p.key for p in path)
+        x = np.asarray(leaf, np.float32)
+        if names[-1] == "kernel":
+            w = np.transpose(x, (3, 2, 0, 1))  # [H, W, I, O] -> [O, I, H, W]
+            if names[-2] not in _CONV2D_MODULES:
+                w3 = np.zeros(w.shape[:2] + (w.shape[2],) + w.shape[2:], np.float32)  # temporal size = spatial
+                w3[:, :, -1] = w
+                w = w3
+            x = w
+        elif names[-1] == "gamma":
+            x = x.reshape((-1, 1, 1) if names[-2] == "norm" else (-1, 1, 1, 1))  # attention norm: images=True
+        out[diffusers_key(names)] = np.ascontiguousarray(x)
+    # temporal resamplers: encoder stage i downsamples in time iff temperal_downsample[i]; the decoder
+    # mirrors it (diffusers' temperal_upsample = temperal_downsample[::-1]).
+    enc, stage = params["params"]["encoder"], 0
+    for name in sorted((k for k in enc if k.startswith("down_blocks_")), key=lambda k: int(k.split("_")[-1])):
+        if "resample_1" in enc[name]:
+            if config.temperal_downsample[stage]:
+                c = enc[name]["resample_1"]["kernel"].shape[2]
+                out.update(_time_conv(f"encoder.down_blocks.{name.split('_')[-1]}", c, 1))
+            stage += 1
+    up = config.temperal_downsample[::-1]
+    for i in range(len(config.dim_mult) - 1):
+        if up[i]:
+            c = params["params"]["decoder"][f"up_blocks_{i}"]["upsamplers_0"]["resample_1"]["kernel"].shape[2]
+            out.update(_time_conv(f"decoder.up_blocks.{i}.upsamplers.0", c, 2))
+    return out
+
+
+def _time_conv(prefix: str, c: int, copies: int) -> dict:
+    """Identity on the newest frame: weight [copies*c, c, 3, 1, 1], bias 0."""
+    w = np.zeros((copies * c, c, 3, 1, 1), np.float32)
+    for j in range(copies):
+        w[j * c:(j + 1) * c, :, -1, 0, 0] = np.eye(c, dtype=np.float32)
+    return {f"{prefix}.time_conv.weight": w, f"{prefix}.time_conv.bias": np.zeros(copies * c, np.float32)}
+
+
+def save_diffusers_vae(config: WanVAEConfig, params: dict, out_dir: str, *, overwrite: bool = False):
+    """Writes a folder that `AutoencoderKLWan.from_pretrained(out_dir)` loads and `load_diffusers_vae`
+    reads back bit for bit. config.latents_mean/std are stored (the latent normalisation of the run)."""
+    from anchoredit_jax.interop import write_safetensors_folder
+
+    if config.latents_mean is None or config.latents_std is None:
+        raise ValueError("the VAE config has no latents_mean/latents_std; set the run's latent statistics "
+                         "(dataclasses.replace(config, latents_mean=..., latents_std=...)) before saving")
+    cfg = {"_class_name": "AutoencoderKLWan", **config.to_diffusers()}
+    write_safetensors_folder(diffusers_state_dict(params, config), out_dir, cfg, overwrite=overwrite)
