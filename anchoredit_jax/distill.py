@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags, logging
+from absl import app, flags
 
-from anchoredit_jax import checkpointing, editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.model import WanDiT
@@ -192,13 +192,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     abstract, state_sh, state = train_lib.sharded_state(init_state, jax.random.PRNGKey(config.seed), mesh, rules)
     frozen = jax.device_put(frozen, sharding.replicated(mesh))
-    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                         async_save=config.checkpoint.async_save)
-    restored, start = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(abstract, state_sh), data_iter)
+    manager, restored, start = train_lib.open_checkpoints(config, workdir, abstract, state_sh, data_iter)
     if restored is not None:
         state = restored
-        logging.info("resumed from step %d", start)
     else:  # student = target = teacher at step 0
         teacher = load_teacher(cfg, state.params, state_sh.params)
         copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731  (three buffers: the state is donated)

@@ -87,19 +87,28 @@ def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_
     return latent, mem_lib.update(model, params, mem, latent, text, text_mask)
 
 
-def edit_sequence(model: WanDiT, settings: SamplerSettings, params, mem, texts, text_masks, null_text, null_mask,
-                  rng):
-    """All turns as one lax.scan with the memory as the carry.
+def scan_turns(turn_fn, carry, texts, text_masks, rng):
+    """Turns as one lax.scan: turn_fn(carry, text, mask, rng) -> (latent, carry).
 
-    texts [K, B, L, D], text_masks [K, B, L] -> (latents [K, B, h, w, C], final memory).
+    texts [K, B, L, D], text_masks [K, B, L] -> (latents [K, B, h, w, C], final carry).
     Turn k uses jax.random.fold_in(rng, k), as an interactive session does.
     """
-    def body(mem, xs):
+    def body(carry, xs):
         k, text, mask = xs
-        latent, mem = edit_turn(model, settings, params, mem, text, mask, null_text, null_mask,
-                                jax.random.fold_in(rng, k))
-        return mem, latent
+        latent, carry = turn_fn(carry, text, mask, jax.random.fold_in(rng, k))
+        return carry, latent
 
-    turns = jnp.arange(texts.shape[0])
-    mem, latents = jax.lax.scan(body, mem, (turns, texts, text_masks))
-    return latents, mem
+    carry, latents = jax.lax.scan(body, carry, (jnp.arange(texts.shape[0]), texts, text_masks))
+    return latents, carry
+
+
+def edit_sequence(model: WanDiT, settings: SamplerSettings, params, mem, texts, text_masks, null_text, null_mask,
+                  rng):
+    """All turns as one lax.scan with the memory as the carry (scan_turns over edit_turn).
+
+    texts [K, B, L, D], text_masks [K, B, L] -> (latents [K, B, h, w, C], final memory).
+    """
+    def turn(mem, text, mask, key):
+        return edit_turn(model, settings, params, mem, text, mask, null_text, null_mask, key)
+
+    return scan_turns(turn, mem, texts, text_masks, rng)

@@ -257,11 +257,7 @@ def edit_sequence(model: WanDiT, settings: MCIESettings, params, state: MCIEStat
     texts [K, B, L, D], text_masks [K, B, L] -> (latents [K, B, h, w, C], final state).
     Turn k uses jax.random.fold_in(rng, k), as an interactive session does.
     """
-    def body(state, xs):
-        k, text, mask = xs
-        latent, state = edit_turn(model, settings, params, state, text, mask, null_text, null_mask,
-                                  jax.random.fold_in(rng, k))
-        return state, latent
+    def turn(state, text, mask, key):
+        return edit_turn(model, settings, params, state, text, mask, null_text, null_mask, key)
 
-    state, latents = jax.lax.scan(body, state, (jnp.arange(texts.shape[0]), texts, text_masks))
-    return latents, state
+    return editor.scan_turns(turn, state, texts, text_masks, rng)

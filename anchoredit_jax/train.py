@@ -153,6 +153,18 @@ def sharded_state(init_state, rng, mesh, rules):
     return nn.unbox(abstract), state_sh, state
 
 
+def open_checkpoints(config, workdir: str, abstract, state_sh, data_iter):
+    """The workdir's checkpoint manager and its latest state (data iterator restored in place)
+    -> (manager, state or None, start step)."""
+    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                                         async_save=config.checkpoint.async_save)
+    restored, start = checkpointing.restore_latest(
+        manager, checkpointing.abstract_with_shardings(abstract, state_sh), data_iter)
+    if restored is not None:
+        logging.info("resumed from step %d", start)
+    return manager, restored, start
+
+
 def guarded_update(state, tx, loss, grads, nan_at_step: int = -1):
     """Optimizer update that a non-finite loss or gradient turns into a no-op (remembered in bad_step).
 
@@ -262,13 +274,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     frozen = jax.device_put(frozen, sharding.replicated(mesh))
 
     # 3. Restore (latest checkpoint), else optional init from pretrained weights.
-    manager = checkpointing.make_manager(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                                         async_save=config.checkpoint.async_save)
-    restored, start = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(abstract, state_sh), data_iter)
+    manager, restored, start = open_checkpoints(config, workdir, abstract, state_sh, data_iter)
     if restored is not None:
         state = restored
-        logging.info("resumed from step %d", start)
     elif config.init_from:
         state = state.replace(params=load_init_params(config.init_from, state.params,
                                                       tuple(config.get("init_reinit", ())), state_sh.params,
