@@ -63,10 +63,10 @@ def export(workdir: str, out: str, *, which: str = "ema") -> dict:
         f.write(config.to_json(indent=2))
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     sub = "best" if which == "best" else "checkpoints"
-    info = {"source": os.path.abspath(workdir), "weights": which,
+    info = {"source": os.path.normpath(workdir), "weights": which,
             "step": _latest_step(os.path.join(workdir, sub)), "dit_params": n_params,
             "date": datetime.date.today().isoformat(),
-            "vae_source": vae_dir if vae_dir == "random" else os.path.abspath(vae_dir)}
+            "vae_source": os.path.normpath(vae_dir)}
     with open(os.path.join(tmp, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
     os.rename(tmp, out)  # all or nothing

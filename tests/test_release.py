@@ -46,7 +46,7 @@ def test_export_load_is_exact_and_refuses_to_overwrite(workdir, tmp_path):
     assert sorted(os.listdir(out)) == before
     assert release.main(["--checkpoint", workdir, "--out", out]) == 1
     with open(os.path.join(out, "release.json")) as f:
-        assert json.load(f)["source"] == os.path.abspath(workdir)
+        assert json.load(f)["source"] == os.path.normpath(workdir)
 
 
 def test_edit_cli_runs_on_a_release(workdir, tmp_path, capsys):
