@@ -119,3 +119,16 @@ def load_trained(workdir: str, *, which: str = "ema"):
     if which != "best":
         tree = tree["ema"] if which == "ema" and tree.get("ema") is not None else tree["params"]
     return config, model_config(config), tree
+
+
+def trained_step(path: str, which: str = "ema") -> int:
+    """The step of the weights load_trained(path, which) returns (a release: the step it was made from)."""
+    import json
+
+    from anchoredit_jax import release
+
+    if release.is_release(path):
+        with open(os.path.join(path, "release.json")) as f:
+            return int(json.load(f)["step"])
+    root = os.path.join(path, "best" if which == "best" else "checkpoints")
+    return max(int(s) for s in os.listdir(root) if s.isdigit())

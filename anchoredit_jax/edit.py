@@ -165,12 +165,10 @@ def _load_checkpoint(path: str, which: str):
         raise EditError(f"--checkpoint: {e}") from None
     except Exception as e:  # noqa: BLE001 - orbax/config errors come in many types; one line for the user
         raise EditError(f"--checkpoint {path}: cannot load the {which} weights ({type(e).__name__}: {e})") from None
+    step = checkpointing.trained_step(path, which)
     if release.is_release(path):  # one set of weights; where it came from is in release.json
         with open(os.path.join(path, "release.json")) as f:
-            info = json.load(f)
-        return config, mcfg, params, {"step": info["step"], "weights": "release", "weights_used": info["weights"]}
-    root = os.path.join(path, "best" if which == "best" else "checkpoints")
-    step = max(int(s) for s in os.listdir(root) if s.isdigit())
+            return config, mcfg, params, {"step": step, "weights": "release", "weights_used": json.load(f)["weights"]}
     used = "params" if which == "ema" and not config.get("ema_decay", 0.0) else which  # no EMA kept: raw params
     return config, mcfg, params, {"step": step, "weights": which, "weights_used": used}
 

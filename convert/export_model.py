@@ -63,7 +63,6 @@ def export(checkpoint: str, out: str, *, weights: str = "ema", dtype: str = "flo
     vcfg = dataclasses.replace(enc.vae.config, latents_mean=tuple(float(x) for x in np.asarray(frozen.latent_mean)),
                                latents_std=tuple(float(x) for x in np.asarray(frozen.latent_std)))
     vae_lib.save_diffusers_vae(vcfg, jax.device_get(frozen.vae), os.path.join(out, "vae"))
-    step_root = os.path.join(checkpoint, "best" if weights == "best" else "checkpoints")
     info = {
         "format": FORMAT,
         "model": interop.dit_config_dict(mcfg),
@@ -77,7 +76,7 @@ def export(checkpoint: str, out: str, *, weights: str = "ema", dtype: str = "flo
         "sampler": settings,
         "resolution": list(jsonl._hw(config.data.resolution)),
         "source": {"checkpoint": os.path.abspath(checkpoint), "weights": weights,
-                   "step": max(int(s) for s in os.listdir(step_root) if s.isdigit())},
+                   "step": checkpointing.trained_step(checkpoint, weights)},
     }
     with open(os.path.join(out, SERVED_FILE), "w") as f:
         json.dump(info, f, indent=2)
@@ -86,7 +85,7 @@ def export(checkpoint: str, out: str, *, weights: str = "ema", dtype: str = "flo
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="training workdir (config.json + checkpoints/)")
+    ap.add_argument("--checkpoint", required=True, help="training workdir (config.json + checkpoints/) or release folder")
     ap.add_argument("--out", required=True, help="new (or empty) output folder")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
