@@ -4,7 +4,6 @@ The checkpoint is a random tiny DiT saved in the training workdir layout (no tra
 CLI's plumbing, determinism and method differences do not need a trained model.
 """
 import csv
-import importlib.util
 import json
 import os
 
@@ -182,19 +181,6 @@ def test_mcie_row_runs_and_records_latency(ckpt, tmp_path):
     assert name.startswith("tiny/mcie") and t["batch_size"] == 1 and t["seconds_per_turn"] > 0
 
 
-def test_drift_benchmark_is_a_thin_alias():
-    spec = importlib.util.spec_from_file_location("drift", os.path.join(ROOT, "benchmarks", "drift.py"))
-    drift = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(drift)
-    ap_args = type("A", (), dict(run=["s1=a", "s2=b"], window=3, no_anchor=True, turns=7, num_sequences=5, steps=9,
-                                 sampler="euler", guidance=2.0, weights="params", seed=1, protocols="edit",
-                                 out="o", overwrite=False))
-    args = evaluate.parse_args(drift.to_evaluate_argv(ap_args))
-    assert args.checkpoint == ["s1=a", "s2=b"] and args.methods == "no_anchor_w3"
-    assert (args.turns, args.num_sequences, args.steps, args.weights) == (7, 5, "9", "params")
-
-
-# ----------------------------------------------------------------------------- metrics
 def _metrics(images, targets, source, masks, **flags):
     k, b = images.shape[:2]
     ones = jnp.ones((k, b), bool)
