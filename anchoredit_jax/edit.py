@@ -59,7 +59,7 @@ from anchoredit_jax import model as model_lib
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
-from anchoredit_jax.data.images import to_float, to_uint8
+from anchoredit_jax.data.images import resolution_hw, to_float, to_uint8
 
 NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
@@ -108,17 +108,17 @@ class EditError(Exception):
 def read_image(path: str) -> tuple[Image.Image, dict]:
     """-> (decoded RGB PIL image, {"size": [W, H], "mode"} of the file); EditError if unusable."""
     try:
-        hdr = jsonl._open(path, "--image", "input")
+        hdr = jsonl.open_image(path, "--image", "input")
         info = {"size": list(hdr.size), "mode": hdr.mode}
         hdr.close()
-        return jsonl._decode(path, "--image", "input"), info
+        return jsonl.decode_image(path, "--image", "input"), info
     except jsonl.DataFormatError as e:
         raise EditError(str(e)) from None
 
 
 def fit_image(img: Image.Image, resolution) -> np.ndarray:
     """uint8 [H, W, 3] at the model resolution: cover-resize (Lanczos), centre crop."""
-    return jsonl._fit(img, jsonl._hw(resolution), mask=False)
+    return jsonl.fit_image(img, resolution_hw(resolution), mask=False)
 
 
 def check_instructions(instructions: list[str]) -> None:
@@ -144,7 +144,7 @@ def make_out_dir(out: str) -> None:
             os.remove(path)
 
 
-def _write_json(path: str, obj) -> None:
+def write_json(path: str, obj) -> None:
     tmp = path + ".tmp"  # atomic: a crash mid-write never leaves a truncated log
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
@@ -156,7 +156,7 @@ def _save_png(img: np.ndarray, path: str) -> None:
 
 
 # ----------------------------------------------------------------------------- model
-def _load_checkpoint(path: str, which: str):
+def load_checkpoint(path: str, which: str):
     if not os.path.isdir(path):
         raise EditError(f"--checkpoint {path}: no such directory (expected a training workdir)")
     try:
@@ -192,7 +192,7 @@ class Session:
 
     def __init__(self, args):
         t0 = time.perf_counter()
-        self.config, mcfg, params, self.ckpt_info = _load_checkpoint(args.checkpoint, args.weights)
+        self.config, mcfg, params, self.ckpt_info = load_checkpoint(args.checkpoint, args.weights)
         check_params(mcfg, params, f"--checkpoint {args.checkpoint}")
         if args.vae:
             self.config.vae.workdir = args.vae
@@ -267,7 +267,7 @@ class Session:
         s = self.settings
         return dict(
             checkpoint=os.path.abspath(args.checkpoint), **self.ckpt_info, image=os.path.abspath(args.image),
-            input_image=info, resolution=list(jsonl._hw(self.config.data.resolution)),
+            input_image=info, resolution=list(resolution_hw(self.config.data.resolution)),
             image_policy="to RGB (alpha over white), cover-resize (Lanczos) + centre crop to the model resolution",
             settings=dict(window=self.window, anchor=self.keep_anchor, steps=s.num_steps, sampler=s.method,
                           guidance=s.guidance, shift=s.shift),
@@ -303,7 +303,7 @@ def run_batch(sess: Session, args, source: np.ndarray, info: dict) -> None:
         secs.append(s)
         turns.append(dict(turn=k, instruction=args.instructions[k - 1], image=name, turn_s=s,
                           total_s=time.perf_counter() - t0))
-        _write_json(os.path.join(args.out, "log.json"), sess.log(args, info, secs, turns=turns))
+        write_json(os.path.join(args.out, "log.json"), sess.log(args, info, secs, turns=turns))
     _sheet(images, ["source"] + [f"{k}. {t}" for k, t in enumerate(args.instructions, 1)],
            os.path.join(args.out, "contact_sheet.png"))
     first, later = secs[0], secs[1:]
@@ -374,10 +374,10 @@ class History:
                       seed=n.seed, turn_s=n.turn_s) for n in self.nodes]
         secs = [n.turn_s for n in self.nodes[1:]]
         log = self.sess.log(self.args, self.info, secs, current=self.current, nodes=nodes)
-        _write_json(os.path.join(self.args.out, "history.json"), log)
+        write_json(os.path.join(self.args.out, "history.json"), log)
         if write_sheet:  # the current path, source first
             path = self.path(self.current)
-            _write_json(os.path.join(self.args.out, "log.json"), log)
+            write_json(os.path.join(self.args.out, "log.json"), log)
             _sheet([n.pixels for n in path], ["source"] + [f"{n.depth}. {n.instruction}" for n in path[1:]],
                    os.path.join(self.args.out, "contact_sheet.png"))
 

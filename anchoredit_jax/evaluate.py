@@ -51,7 +51,7 @@ from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
-from anchoredit_jax.data.images import to_float, to_uint8
+from anchoredit_jax.data.images import resolution_hw, to_float, to_uint8
 from anchoredit_jax.data.shapes_edit import SPLITS
 from anchoredit_jax.data.shapes_protocols import PROTOCOLS, make_sequence
 from anchoredit_jax.model import WanDiT
@@ -190,7 +190,7 @@ class Loaded:
 
 
 def load_checkpoint(path: str, weights: str) -> Loaded:
-    config, mcfg, params, info = edit_cli._load_checkpoint(path, weights)  # noqa: SLF001 - the edit CLI's loader
+    config, mcfg, params, info = edit_cli.load_checkpoint(path, weights)
     edit_cli.check_params(mcfg, params, f"--checkpoint {path}")
     try:
         enc, frozen = encoders.load_encoders(config)
@@ -200,7 +200,7 @@ def load_checkpoint(path: str, weights: str) -> Loaded:
     res = config.data.get("resolution")
     if not res:
         raise EvalError(f"{path}/config.json has no data.resolution")
-    return Loaded(WanDiT(mcfg), params, enc, frozen, jsonl._hw(res), config.text.max_length,  # noqa: SLF001
+    return Loaded(WanDiT(mcfg), params, enc, frozen, resolution_hw(res), config.text.max_length,
                   config.get("val", {}), dict(info, path=os.path.abspath(path)))
 
 
@@ -391,7 +391,7 @@ def write_outputs(args, methods, datasets, loaded, results, sheets, timings) -> 
                           for k, t in timings.items()},
         curves={f"{mn} | {pn}": {metric: dict(value=[_num(x) for x in mean], n=[int(x) for x in n])
                                  for metric, (mean, n) in per.items()} for (mn, pn), per in cur.items()})
-    edit_cli._write_json(os.path.join(args.out, "summary.json"), summary)  # noqa: SLF001 - atomic json writer
+    edit_cli.write_json(os.path.join(args.out, "summary.json"), summary)
     table = format_table(cur, methods, datasets, args.turns) + format_timings(timings)
     with open(os.path.join(args.out, "table.md"), "w") as fh:
         fh.write(table)

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from anchoredit_jax import checkpointing, encoders, interop  # noqa: E402
 from anchoredit_jax import text_encoder as te  # noqa: E402
 from anchoredit_jax import vae as vae_lib  # noqa: E402
-from anchoredit_jax.data import jsonl  # noqa: E402
+from anchoredit_jax.data.images import resolution_hw  # noqa: E402
 
 SERVED_FILE = "anchoredit.json"
 FORMAT = "anchoredit-served/1"
@@ -74,7 +74,7 @@ def export(checkpoint: str, out: str, *, weights: str = "ema", dtype: str = "flo
                 "latent_normalisation": "(posterior mean - latents_mean) / latents_std (vae/config.json)"},
         "memory": {"window": window, "keep_anchor": keep_anchor},
         "sampler": settings,
-        "resolution": list(jsonl._hw(config.data.resolution)),
+        "resolution": list(resolution_hw(config.data.resolution)),
         "source": {"checkpoint": os.path.abspath(checkpoint), "weights": weights,
                    "step": checkpointing.trained_step(checkpoint, weights)},
     }

@@ -43,6 +43,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from anchoredit_jax.data.images import resolution_hw
 from anchoredit_jax.data.shapes_edit import EditSequence
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -86,7 +87,7 @@ def _ref_name(ref: ImageRef) -> str:
     return f"{ref.tar_path}:{ref.name}" if isinstance(ref, TarMember) else ref
 
 
-def _open(ref: ImageRef, where: str, what: str) -> Image.Image:
+def open_image(ref: ImageRef, where: str, what: str) -> Image.Image:
     """Opens (header only) an image file or tar member; raises DataFormatError naming `where`."""
     try:
         if isinstance(ref, TarMember):
@@ -107,9 +108,9 @@ def _open(ref: ImageRef, where: str, what: str) -> Image.Image:
     return img
 
 
-def _decode(ref: ImageRef, where: str, what: str, mask: bool = False) -> Image.Image:
+def decode_image(ref: ImageRef, where: str, what: str, mask: bool = False) -> Image.Image:
     """Fully decoded 8-bit RGB image (or L mask) following the mode policy in the module docstring."""
-    img = _open(ref, where, what)
+    img = open_image(ref, where, what)
     try:
         img.load()
         if mask:
@@ -126,13 +127,7 @@ def _decode(ref: ImageRef, where: str, what: str, mask: bool = False) -> Image.I
         raise DataFormatError(f"{where}: {what} image {_ref_name(ref)} is corrupt ({type(e).__name__}: {e})") from e
 
 
-def _hw(resolution) -> tuple[int, int] | None:
-    if resolution is None:
-        return None
-    return (int(resolution), int(resolution)) if np.isscalar(resolution) else tuple(map(int, resolution))
-
-
-def _fit(img: Image.Image, hw, mask: bool) -> np.ndarray:
+def fit_image(img: Image.Image, hw, mask: bool) -> np.ndarray:
     """Scale to cover (H, W) and centre-crop (see module docstring); hw None keeps the size."""
     if hw is not None and img.size != (hw[1], hw[0]):
         h, w = hw
@@ -155,11 +150,11 @@ def _check_sizes(record: SequenceRecord, sizes: dict[str, tuple[int, int]]) -> N
 
 def _check_images(record: SequenceRecord) -> None:
     """Header-level check of every image of a record: exists, readable, mode, sizes."""
-    sizes = {"source": _open(record.source, record.where, "source").size}
+    sizes = {"source": open_image(record.source, record.where, "source").size}
     for k, t in enumerate(record.turns):
         for what, ref in ((f"turn {k} target", t.target), (f"turn {k} mask", t.mask)):
             if ref is not None:
-                sizes[what] = _open(ref, record.where, what).size
+                sizes[what] = open_image(ref, record.where, what).size
     _check_sizes(record, sizes)
 
 
@@ -218,13 +213,13 @@ def read_jsonl(path: str, image_root: str | None = None, check_images: bool = Tr
 
 def load_sequence(record: SequenceRecord, resolution=None, num_turns: int | None = None) -> EditSequence:
     """Decodes a record's first `num_turns` turns (all: None) at `resolution` (int, (H, W) or None)."""
-    hw, where = _hw(resolution), record.where
+    hw, where = resolution_hw(resolution), record.where
     turns = record.turns[:num_turns]
-    src = _decode(record.source, where, "source")
+    src = decode_image(record.source, where, "source")
     sizes, targets, masks = {"source": src.size}, [], []
     for k, t in enumerate(turns):
-        tgt = _decode(t.target, where, f"turn {k} target") if t.target is not None else None
-        msk = _decode(t.mask, where, f"turn {k} mask", mask=True) if t.mask is not None else None
+        tgt = decode_image(t.target, where, f"turn {k} target") if t.target is not None else None
+        msk = decode_image(t.mask, where, f"turn {k} mask", mask=True) if t.mask is not None else None
         if tgt is not None:
             sizes[f"turn {k} target"] = tgt.size
         if msk is not None:
@@ -232,13 +227,13 @@ def load_sequence(record: SequenceRecord, resolution=None, num_turns: int | None
         targets.append(tgt)
         masks.append(msk)
     _check_sizes(record, sizes)
-    source = _fit(src, hw, False)
+    source = fit_image(src, hw, False)
     h, w = source.shape[:2]
     return EditSequence(
         source=source,
-        targets=np.stack([_fit(t, hw, False) if t is not None else np.zeros((h, w, 3), np.uint8) for t in targets]
+        targets=np.stack([fit_image(t, hw, False) if t is not None else np.zeros((h, w, 3), np.uint8) for t in targets]
                          ).reshape(len(turns), h, w, 3),
-        masks=np.stack([_fit(m, hw, True) if m is not None else np.zeros((h, w), bool) for m in masks]).reshape(len(turns), h, w),
+        masks=np.stack([fit_image(m, hw, True) if m is not None else np.zeros((h, w), bool) for m in masks]).reshape(len(turns), h, w),
         instructions=[t.instruction for t in turns], edit_types=[t.edit_type for t in turns], seed=record.seed,
         has_target=np.array([t is not None for t in targets], bool).reshape(len(turns)),
         has_mask=np.array([m is not None for m in masks], bool).reshape(len(turns)))

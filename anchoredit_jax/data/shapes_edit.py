@@ -42,6 +42,7 @@ import zlib
 
 import numpy as np
 
+from anchoredit_jax.data.images import resolution_hw
 from anchoredit_jax.data.shapes_render import BG_COLORS, COLORS, OBJ_ID0, PART_IDS, region_mask, render
 
 SPLITS = ("train", "heldout_seeds", "heldout_phrasings", "heldout_combos")
@@ -522,15 +523,11 @@ def _rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([zlib.crc32(split.encode()), int(seed)]))
 
 
-def _hw(resolution) -> tuple[int, int]:
-    return (resolution, resolution) if isinstance(resolution, (int, np.integer)) else tuple(map(int, resolution))
-
-
 def generate_scenes(seed: int, num_turns: int, resolution=64, split: str = "train",
                     noop_prob: float = 0.1) -> tuple[list[Scene], list[Edit]]:
     """Scene descriptions only (no pixels): K+1 scenes and K edits. Only the aspect of
     `resolution` matters, so 64 and 128 give the same scenes."""
-    h, w = _hw(resolution)
+    h, w = resolution_hw(resolution)
     rng = _rng(seed, split)
     scenes = [sample_scene(rng, (h / min(h, w), w / min(h, w)), split)]
     edits = []
@@ -540,7 +537,8 @@ def generate_scenes(seed: int, num_turns: int, resolution=64, split: str = "trai
     return scenes, edits
 
 
-def _sequence(scenes, edits, hw, seed) -> EditSequence:
+def render_sequence(scenes, edits, hw, seed) -> EditSequence:
+    """Pixels and exact edit masks of K+1 scenes and their K edits (hw = (H, W))."""
     rendered = [render(s, hw) for s in scenes]
     imgs = np.stack([r[0] for r in rendered])
     masks = np.zeros((len(edits), *hw), bool)
@@ -555,14 +553,14 @@ def generate_sequence(seed: int, num_turns: int, resolution: int | tuple[int, in
                       noop_prob: float = 0.1) -> EditSequence:
     """Sequence `seed` of `split`: source [H, W, 3] plus K targets, masks, instructions, types."""
     scenes, edits = generate_scenes(seed, num_turns, resolution, split, noop_prob)
-    return _sequence(scenes, edits, _hw(resolution), seed)
+    return render_sequence(scenes, edits, resolution_hw(resolution), seed)
 
 
 def generate_pair(seed: int, turn: int, resolution: int | tuple[int, int] = 64, split: str = "train",
                   noop_prob: float = 0.1) -> EditSequence:
     """Turn `turn` (0-based) of sequence `seed` as a 1-turn sequence, rendering only 2 frames."""
     scenes, edits = generate_scenes(seed, turn + 1, resolution, split, noop_prob)
-    return _sequence(scenes[-2:], edits[-1:], _hw(resolution), seed)
+    return render_sequence(scenes[-2:], edits[-1:], resolution_hw(resolution), seed)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from anchoredit_jax.data import shapes_edit as se
+from anchoredit_jax.data.images import resolution_hw
 
 PROTOCOLS = ("edit", "roundtrip", "noop")
 _MAX_TRIES = 500  # rejection sampling of one edit kind; an add is ~15% of draws
@@ -68,7 +69,7 @@ def roundtrip_sequence(seed: int, num_turns: int, resolution=64, split: str = "h
     src, add, rem, used = _roundtrip_edits(seed, resolution, split)
     edits = [add if k % 2 == 0 else rem for k in range(num_turns)]
     scenes = [src] + [e.scene for e in edits]
-    return se._sequence(scenes, edits, se._hw(resolution), used)  # noqa: SLF001 - shapes_edit's renderer + masks
+    return se.render_sequence(scenes, edits, resolution_hw(resolution), used)
 
 
 def noop_sequence(seed: int, num_turns: int, resolution=64, split: str = "heldout_seeds") -> se.EditSequence:
@@ -78,7 +79,7 @@ def noop_sequence(seed: int, num_turns: int, resolution=64, split: str = "heldou
     src = _source_scene(seed, resolution, split)
     rng = _protocol_rng(seed, "noop")
     edits = [se.sample_edit(rng, src, split, noop_prob=1.0) for _ in range(num_turns)]
-    return se._sequence([src] * (num_turns + 1), edits, se._hw(resolution), seed)  # noqa: SLF001
+    return se.render_sequence([src] * (num_turns + 1), edits, resolution_hw(resolution), seed)
 
 
 def make_sequence(protocol: str, seed: int, num_turns: int, resolution=64,
