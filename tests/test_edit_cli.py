@@ -284,3 +284,19 @@ def test_mcie_flag_errors(ckpt, source_png, tmp_path, capsys):
     assert rc == 0 and "--method {anchoredit,mcie}" in out and "--highlight-in" in out
     from anchoredit_jax import sampler
     assert all(m in out for m in sampler.METHODS)  # --sampler's choices follow sampler.METHODS
+
+
+def test_consistency_sampler_from_the_cli(ckpt, source_png, batch_runs, tmp_path, capsys):
+    """A distilled model's sampler: 4 consistency steps, guidance 1 (one branch); reproducible, and
+    different from the Euler run of the same checkpoint and seed."""
+    outs = [str(tmp_path / n) for n in ("a", "b")]
+    for out in outs:
+        rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--sampler", "consistency",
+                          "--steps", 4, "--guidance", 1, "--instructions", *SEQ.instructions)
+        assert rc == 0, err
+    with open(os.path.join(outs[0], "log.json")) as f:
+        settings = json.load(f)["settings"]
+    assert (settings["sampler"], settings["steps"], settings["guidance"]) == ("consistency", 4, 1.0)
+    for name in ("turn_01.png", "turn_03.png"):
+        assert _read(os.path.join(outs[0], name)) == _read(os.path.join(outs[1], name))
+    assert _read(os.path.join(outs[0], "turn_01.png")) != _read(os.path.join(batch_runs[0], "turn_01.png"))
