@@ -320,6 +320,21 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return state
 
 
+def read_checkpoint_config(path: str, what: str) -> dict:
+    """The config.json of a checkpoint folder, or beside a single .safetensors file; pickles refused.
+
+    what: what the config must be, for the error when there is none.
+    """
+    path = os.fspath(path)
+    refuse_pickles(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    cfg_file = os.path.join(folder, "config.json")
+    if not os.path.exists(cfg_file):
+        raise FileNotFoundError(f"no config.json next to {path} ({what})")
+    with open(cfg_file) as f:
+        return json.load(f)
+
+
 def load_diffusers_transformer(path: str, *, dtype: str = "float32", **config_overrides):
     """A diffusers `WanTransformer3DModel` folder -> (WanDiT module, fp32 params).
 
@@ -329,13 +344,7 @@ def load_diffusers_transformer(path: str, *, dtype: str = "float32", **config_ov
     dtype is the compute dtype of the returned module (params are always fp32). Other keyword
     arguments override DiTConfig fields (turn_stride, attention_backend, remat_policy, ...).
     """
-    refuse_pickles(path)
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    cfg_file = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_file):
-        raise FileNotFoundError(f"no config.json next to {path} (a diffusers or original Wan2.1 config is needed)")
-    with open(cfg_file) as f:
-        d = json.load(f)
+    d = read_checkpoint_config(path, "a diffusers or original Wan2.1 config is needed")
     original = "dim" in d and "num_attention_heads" not in d  # the original Wan2.1 config.json
     config = (config_from_wan_original if original else config_from_diffusers)(d, dtype=dtype, **config_overrides)
     state = read_safetensors(path)

@@ -21,7 +21,6 @@ table below is one naming rule plus one transform per leaf kind.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, Optional, Sequence
@@ -423,16 +422,10 @@ def load_diffusers_vae(path: str) -> tuple[WanVAEConfig, dict]:
 
     Pickle checkpoints (.bin/.pt/.ckpt) are refused: unpickling runs arbitrary code and needs torch.
     """
-    from anchoredit_jax.interop import read_safetensors, refuse_pickles  # one reader of diffusers folders
+    from anchoredit_jax.interop import read_checkpoint_config, read_safetensors  # one reader of diffusers folders
 
     path = os.fspath(path)
-    refuse_pickles(path)
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    cfg_file = os.path.join(folder, "config.json")
-    if not os.path.exists(cfg_file):
-        raise FileNotFoundError(f"no config.json next to {path!r}")
-    with open(cfg_file) as f:
-        config = WanVAEConfig.from_diffusers(json.load(f))
+    config = WanVAEConfig.from_diffusers(read_checkpoint_config(path, "an AutoencoderKLWan config is needed"))
     # host numpy fp32 copies (bf16/fp16 checkpoints are upcast)
     state = {k: np.asarray(v, np.float32) for k, v in read_safetensors(path).items()}
     return config, convert_diffusers_state_dict(state, config)
