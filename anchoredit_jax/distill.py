@@ -32,7 +32,7 @@ from absl import app, flags
 from anchoredit_jax import editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
-from anchoredit_jax.model import WanDiT
+from anchoredit_jax.model import WanDiT, init_params
 
 BATCH_RANKS = dict(frames=5, turn_valid=2, text=4, text_mask=3)
 LOSSES = ("l2", "huber")
@@ -63,32 +63,15 @@ def distance(a, b, kind: str, c: float):
     raise ValueError(f"config.distill.loss must be one of {LOSSES}, got {kind!r}")
 
 
-def _cond_v(model, params, mem, x, t, text, mask):
-    """Conditional velocity [B, h, w, C] from the memory at per-example times t [B]."""
-    return model.apply({"params": params}, x[:, None], t[:, None], text[:, None], mask[:, None],
-                       mem_lib.query_position(mem)[:, None], mode="memory", memory=mem_lib.read(mem))[:, 0]
-
-
-def teacher_step(model, teacher, mem, x_hi, t_hi, t_lo, text, mask, nt, nm, cfg):
-    """One guided teacher ODE step from t_hi to t_lo (per example, [B]) -> x_lo."""
-    def v(x, t):
-        two = lambda a: jnp.concatenate([a, a])  # noqa: E731
-        m = mem_lib.read(mem)
-        m2 = {"k": jnp.concatenate([m["k"]] * 2, 1), "v": jnp.concatenate([m["v"]] * 2, 1),
-              "positions": two(m["positions"]), "valid": two(m["valid"])}
-        out = model.apply({"params": teacher}, two(x)[:, None], two(t)[:, None],
-                          jnp.concatenate([text, nt])[:, None], jnp.concatenate([mask, nm])[:, None],
-                          two(mem_lib.query_position(mem))[:, None], mode="memory", memory=m2)[:, 0]
-        v_c, v_u = jnp.split(out, 2)
-        return v_u + cfg.guidance * (v_c - v_u)
-
+def teacher_step(velocity, x_hi, t_hi, t_lo, solver: str):
+    """One teacher ODE step from t_hi to t_lo (per example, [B]) with velocity(x, t) -> x_lo."""
     dt = (t_lo - t_hi)[:, None, None, None]
-    vel = v(x_hi, t_hi)
-    if cfg.teacher_solver == "euler":
+    vel = velocity(x_hi, t_hi)
+    if solver == "euler":
         return x_hi + dt * vel
-    if cfg.teacher_solver == "midpoint":
-        return x_hi + dt * v(x_hi + 0.5 * dt * vel, t_hi + 0.5 * (t_lo - t_hi))
-    raise ValueError(f"config.distill.teacher_solver must be 'euler' or 'midpoint', got {cfg.teacher_solver!r}")
+    if solver == "midpoint":
+        return x_hi + dt * velocity(x_hi + 0.5 * dt * vel, t_hi + 0.5 * (t_lo - t_hi))
+    raise ValueError(f"config.distill.teacher_solver must be 'euler' or 'midpoint', got {solver!r}")
 
 
 def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_masks, null_text, null_mask,
@@ -115,22 +98,22 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
                               keep_anchor=cfg.keep_anchor)
     student = sg(params)
     mems = sg((start(params=teacher), start(params=student), start(params=target)))
-    settings = editor.SamplerSettings(num_steps=cfg.rollout_steps, method="euler", guidance=cfg.rollout_guidance)
 
     def body(mems, xs):
         t_mem, s_mem, e_mem = mems
         z, text, mask, n_k, eps, key = xs
+        v = functools.partial(editor.guided_velocity_fn, model, text=text, text_mask=mask, null_text=nt, null_mask=nm)
         # 1. the teacher's own frame for this turn (the memory's next entry)
-        fn = editor.guided_velocity_fn(model, teacher, t_mem, text, mask, nt, nm, settings.guidance)
-        gen = sg(sampler.sample(fn, jax.random.normal(key, z.shape), settings.num_steps, method="euler"))
+        gen = sg(sampler.sample(v(teacher, t_mem, scale=cfg.rollout_guidance), jax.random.normal(key, z.shape),
+                                cfg.rollout_steps, method="euler"))
         # 2. a point on the teacher's guided trajectory and one ODE step down
         x0 = z if cfg.x0_from == "data" else gen
         t_hi, t_lo = s[n_k + 1], s[n_k]
         x_hi = flow.add_noise(x0, eps, t_hi)
-        x_lo = sg(teacher_step(model, teacher, t_mem, x_hi, t_hi, t_lo, text, mask, nt, nm, cfg))
-        # 3. student at t_hi vs EMA target at t_lo (f = x - t v; exactly x_lo when t_lo = 0)
-        f_student = flow.predict_x0(x_hi, _cond_v(model, params, s_mem, x_hi, t_hi, text, mask), t_hi)
-        f_target = sg(flow.predict_x0(x_lo, _cond_v(model, target, e_mem, x_lo, t_lo, text, mask), t_lo))
+        x_lo = sg(teacher_step(v(teacher, t_mem, scale=cfg.guidance), x_hi, t_hi, t_lo, cfg.teacher_solver))
+        # 3. student at t_hi vs EMA target at t_lo, conditional branch only (f = x - t v; x_lo at t_lo = 0)
+        f_student = flow.predict_x0(x_hi, v(params, s_mem, scale=1.0)(x_hi, t_hi), t_hi)
+        f_target = sg(flow.predict_x0(x_lo, v(target, e_mem, scale=1.0)(x_lo, t_lo), t_lo))
         per_example = distance(f_student, f_target, cfg.loss, cfg.huber_c)
         # 4. every memory appends the teacher's frame, written by its own network
         mems = sg((mem_lib.update(model, teacher, t_mem, gen, text, mask),
@@ -186,7 +169,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latent_hw = (config.data.resolution // enc.downsample,) * 2
 
     def init_state(rng):
-        p = train_lib.dummy_params(model, rng, latent_hw)
+        p = init_params(mcfg, rng, latent_hw=latent_hw)
         return DistillState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), ema=p, teacher=p,
                             rng=jax.random.PRNGKey(config.seed), bad_step=jnp.full((), -1, jnp.int32))
 

@@ -42,9 +42,15 @@ def start(model: WanDiT, params, source, null_text, null_mask, *, window: int, k
     return mem_lib.update(model, params, mem, source, null_text, null_mask)
 
 
+def _times(t, b: int):
+    """A scalar time or per-example times [B] -> [B, 1] (the model's per-frame timesteps)."""
+    return jnp.broadcast_to(jnp.reshape(jnp.asarray(t, jnp.float32), (-1, 1)), (b, 1))
+
+
 def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask, *,
                 model_kwargs=None):
     """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch.
+    t: a scalar (samplers) or per-example times [B] (distillation).
 
     model_kwargs: optional extra model.apply arguments for the batched [cond; uncond] call (leading
     dim 2B), e.g. MCIE's xattn_scale.
@@ -58,7 +64,7 @@ def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mas
     masks = jnp.concatenate([text_mask, null_mask])[:, None]
 
     def fn(x, t):
-        v = model.apply({"params": params}, two(x)[:, None], jnp.full((2 * b, 1), t), texts, masks, pos,
+        v = model.apply({"params": params}, two(x)[:, None], two(_times(t, b)), texts, masks, pos,
                         mode="memory", memory=m2, **(model_kwargs or {}))[:, 0]
         return v[:b], v[b:]
 
@@ -74,7 +80,7 @@ def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, t
     m = mem_lib.read(mem)
     pos = mem_lib.query_position(mem)[:, None]
     b = text.shape[0]
-    return lambda x, t: model.apply({"params": params}, x[:, None], jnp.full((b, 1), t), text[:, None],
+    return lambda x, t: model.apply({"params": params}, x[:, None], _times(t, b), text[:, None],
                                     text_mask[:, None], pos, mode="memory", memory=m)[:, 0]
 
 

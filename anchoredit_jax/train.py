@@ -28,7 +28,7 @@ from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim,
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.config_lib import model_config
 from anchoredit_jax.data import pipeline
-from anchoredit_jax.model import WanDiT
+from anchoredit_jax.model import WanDiT, init_params
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -132,13 +132,6 @@ def load_model_and_encoders(config: ml_collections.ConfigDict):
         raise ValueError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
                          f"encoders give {enc.latent_channels} and {enc.text_dim}")
     return mcfg, model, enc, frozen
-
-
-def dummy_params(model: WanDiT, rng, latent_hw):
-    """Initial DiT params from one-frame dummy inputs (shapes are all init needs)."""
-    c = model.config
-    return model.init(rng, jnp.zeros((1, 1, *latent_hw, c.in_channels)), jnp.zeros((1, 1)),
-                      jnp.zeros((1, 1, 4, c.text_dim)), jnp.ones((1, 1, 4), bool), jnp.zeros((1, 1), jnp.int32))["params"]
 
 
 def sharded_state(init_state, rng, mesh, rules):
@@ -265,7 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     latent_hw = (config.data.resolution // enc.downsample,) * 2
 
     def init_state(rng):
-        params = dummy_params(model, rng, latent_hw)
+        params = init_params(mcfg, rng, latent_hw=latent_hw)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           ema=params if config.ema_decay else None, rng=jax.random.PRNGKey(config.seed),
                           bad_step=jnp.full((), -1, jnp.int32))
