@@ -104,18 +104,8 @@ def load_trained(workdir: str, *, which: str = "ema"):
     if which not in ("ema", "params", "best"):
         raise ValueError(f"which must be 'ema', 'params' or 'best', got {which!r}")
     root = os.path.join(workdir, sub)
-    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-    if not steps:
-        raise FileNotFoundError(f"{root} holds no checkpoint")
     item = "params" if which == "best" else "state"
-    path = os.path.join(root, str(steps[-1]), item)
-    with ocp.StandardCheckpointer() as ckptr:
-        # onto one device, whatever topology saved it (an 8-GPU run edited on a laptop)
-        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        meta = ckptr.metadata(path)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                              getattr(meta, "item_metadata", meta))
-        tree = ckptr.restore(path, target)
+    tree = restore_on_one_device(os.path.join(root, str(latest_step(root)), item))
     if which != "best":
         tree = tree["ema"] if which == "ema" and tree.get("ema") is not None else tree["params"]
     return config, model_config(config), tree
@@ -130,5 +120,22 @@ def trained_step(path: str, which: str = "ema") -> int:
     if release.is_release(path):
         with open(os.path.join(path, "release.json")) as f:
             return int(json.load(f)["step"])
-    root = os.path.join(path, "best" if which == "best" else "checkpoints")
-    return max(int(s) for s in os.listdir(root) if s.isdigit())
+    return latest_step(os.path.join(path, "best" if which == "best" else "checkpoints"))
+
+
+def latest_step(root: str) -> int:
+    """The newest step folder under a checkpoint root; FileNotFoundError naming it if there is none."""
+    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    if not steps:
+        raise FileNotFoundError(f"{root} holds no checkpoint")
+    return steps[-1]
+
+
+def restore_on_one_device(path: str):
+    """An orbax item restored onto one device, whatever topology saved it (an 8-GPU run edited on a laptop)."""
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                              getattr(meta, "item_metadata", meta))
+        return ckptr.restore(path, target)

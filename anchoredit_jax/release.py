@@ -31,13 +31,6 @@ def is_release(path: str) -> bool:
     return os.path.isdir(os.path.join(path, DIT)) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def _latest_step(root: str) -> int:
-    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
-    if not steps:
-        raise FileNotFoundError(f"{root} holds no checkpoint")
-    return steps[-1]
-
-
 def export(workdir: str, out: str, *, which: str = "ema") -> dict:
     """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict."""
     if os.path.exists(out):
@@ -55,16 +48,15 @@ def export(workdir: str, out: str, *, which: str = "ema") -> dict:
         os.makedirs(os.path.join(tmp, VAE, "checkpoints"))
         for name in ("vae_config.json", "latent_stats.json"):
             shutil.copy(os.path.join(vae_dir, name), os.path.join(tmp, VAE, name))
-        step = _latest_step(os.path.join(vae_dir, "checkpoints"))
+        step = checkpointing.latest_step(os.path.join(vae_dir, "checkpoints"))
         shutil.copytree(os.path.join(vae_dir, "checkpoints", str(step)),
                         os.path.join(tmp, VAE, "checkpoints", str(step)))
         config.vae.workdir = VAE
     with open(os.path.join(tmp, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
-    sub = "best" if which == "best" else "checkpoints"
     info = {"source": os.path.normpath(workdir), "weights": which,
-            "step": _latest_step(os.path.join(workdir, sub)), "dit_params": n_params,
+            "step": checkpointing.trained_step(workdir, which), "dit_params": n_params,
             "date": datetime.date.today().isoformat(),
             "vae_source": os.path.normpath(vae_dir)}
     with open(os.path.join(tmp, "release.json"), "w") as f:
@@ -84,13 +76,7 @@ def load(path: str):
         config = ml_collections.ConfigDict(json.load(f))
     if not os.path.isabs(config.vae.workdir) and config.vae.workdir != "random":
         config.vae.workdir = os.path.join(os.path.abspath(path), config.vae.workdir)
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.StandardCheckpointer() as ck:
-        target_path = os.path.abspath(os.path.join(path, DIT))
-        meta = ck.metadata(target_path)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                              getattr(meta, "item_metadata", meta))
-        params = ck.restore(target_path, target)
+    params = checkpointing.restore_on_one_device(os.path.abspath(os.path.join(path, DIT)))
     return config, model_config(config), params
 
 
