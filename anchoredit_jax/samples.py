@@ -35,7 +35,6 @@ class Stage1Validation:
                           ids=np.asarray(ids), ids_mask=np.asarray(mask))
         self._loss = jax.jit(self._loss_impl)
         self._sample = jax.jit(self._sample_impl)
-        self._sample_mse = jax.jit(self._sample_mse_impl)
 
     def _prepare(self, frozen, b):
         enc = self.enc
@@ -52,7 +51,8 @@ class Stage1Validation:
         return loss
 
     def _sample_impl(self, params, frozen, b):
-        src, _, text, text_mask, _ = self._prepare(frozen, b)
+        """-> (decoded samples, latent MSE of the samples against the targets)."""
+        src, tgt, text, text_mask, _ = self._prepare(frozen, b)
         n = src.shape[0]
         null_text, null_mask = self.enc.null_text((n,))
         # both branches in one batch: [cond; uncond]
@@ -71,22 +71,22 @@ class Stage1Validation:
         noise = jax.random.normal(jax.random.PRNGKey(7), src.shape)
         x0 = sampler.sample(sampler.guided(v_fn, cfg.guidance), noise, cfg.sample_steps, method=cfg.sampler,
                             shift=cfg.sample_shift, rng=jax.random.PRNGKey(8))
-        return x0, self.enc.decode_latents(frozen, x0)
-
-    def _sample_mse_impl(self, params, frozen, b):
-        x0, _ = self._sample_impl(params, frozen, b)
-        return jnp.mean(jnp.square(x0 - self._prepare(frozen, b)[1]))
+        return self.enc.decode_latents(frozen, x0), jnp.mean(jnp.square(x0 - tgt))
 
     def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:
         metric = self.config.val.get("metric", "flow_loss")
-        if metric == "flow_loss":
-            out = {"val_loss": float(self._loss(params, frozen, self.batch))}
-        elif metric == "sample_mse":
-            out = {"val_loss": float(self._sample_mse(params, frozen, self.batch))}
-        else:
+        if metric not in ("flow_loss", "sample_mse"):
             raise ValueError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
-        if self.config.val.sample_every and step % self.config.val.sample_every == 0 and write:
-            pred = to_uint8(self._sample(params, frozen, self.batch)[1])
+        preview = self.config.val.sample_every and step % self.config.val.sample_every == 0 and write
+        out = {}
+        if metric == "flow_loss":
+            out["val_loss"] = float(self._loss(params, frozen, self.batch))
+        if metric == "sample_mse" or preview:  # one sampling pass serves both
+            images, mse = self._sample(params, frozen, self.batch)
+            if metric == "sample_mse":
+                out["val_loss"] = float(mse)
+        if preview:
+            pred = to_uint8(images)
             src, tgt = to_uint8(self.batch["source"]), to_uint8(self.batch["target"])
             rows = [[(src[i], "source"), (pred[i], self.instructions[i]), (tgt[i], "target")]
                     for i in range(len(self.instructions))]
