@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,14 +23,7 @@ SEQ = generate_sequence(3, 3, 64, split="heldout_seeds")
 LONG = "please " + " ".join(f"paint the number {i} circle bright red" for i in range(8))  # > 24 tokens
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_small_programs():
-    """Every main() builds fresh jitted functions; with the persistent cache (conftest) taking even
-    sub-second compiles, the later runs of this module skip compilation."""
-    old = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+pytestmark = pytest.mark.usefixtures("cache_small_programs")  # conftest.py
 
 
 @pytest.fixture(scope="module")

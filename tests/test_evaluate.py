@@ -24,12 +24,7 @@ from anchoredit_jax.model import init_params
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_small_programs():
-    old = jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+pytestmark = pytest.mark.usefixtures("cache_small_programs")  # conftest.py
 
 
 @pytest.fixture(scope="module")
