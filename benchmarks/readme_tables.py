@@ -19,7 +19,7 @@ DIGITS = {"psnr": 2, "edit_psnr": 2, "identity_psnr": 2, "source_psnr": 2, "ssim
 
 def table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int]) -> str:
     values = {(r["method"], int(r["turn"]), r["metric"]): float(r["value"])
-              for r in rows if r["protocol"] == protocol}
+              for r in rows if r["protocol"] == protocol and r["value"] != ""}  # "": nothing to count
     methods = list(dict.fromkeys(r["method"] for r in rows if r["protocol"] == protocol))
     if not methods:
         raise ValueError(f"no rows for protocol {protocol!r}")
