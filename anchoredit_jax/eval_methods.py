@@ -3,7 +3,9 @@
 A builder maps (model, encoders, Method) to a jitted fn(params, source_latent [B, h, w, C],
 texts [K, B, L, D], text_masks [K, B, L], rng) -> latents [K, B, h, w, C]; every method is one
 lax.scan over turns, so a method compiles once whatever K.
-Presets (--methods): naive, anchor_wN, no_anchor_wN, mcie, mcie_anchor_wN.
+Presets (--methods): naive, anchor_wN, no_anchor_wN, mcie, mcie_anchor_wN, copy.
+`copy` is the do-nothing baseline: every turn returns the source (no model call). An edit method
+that does not beat it inside the edit masks (edit_psnr) is not carrying out the instructions.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 
 from anchoredit_jax import editor, encoders, mcie
 from anchoredit_jax.model import WanDiT
@@ -54,9 +57,19 @@ def _build_mcie(model: WanDiT, enc: encoders.Encoders, method: Method) -> EditSe
     return jax.jit(fn)
 
 
+def _build_copy(model: WanDiT, enc: encoders.Encoders, method: Method) -> EditSequenceFn:
+    del model, enc, method
+
+    def fn(params, source, texts, text_masks, rng):
+        del params, text_masks, rng
+        return jnp.broadcast_to(source, (texts.shape[0],) + source.shape)
+    return jax.jit(fn)
+
+
 METHODS: dict[str, Callable[[WanDiT, encoders.Encoders, Method], EditSequenceFn]] = {
     "anchoredit": _build_anchoredit,
     "mcie": _build_mcie,
+    "copy": _build_copy,
 }
 
 
@@ -64,11 +77,13 @@ def parse_preset(preset: str) -> dict:
     """A --methods entry -> Method fields (kind, window, keep_anchor); ValueError if unknown."""
     if preset == "naive":
         return dict(kind="anchoredit", window=1, keep_anchor=False)
+    if preset == "copy":
+        return dict(kind="copy", window=1, keep_anchor=False)
     if preset == "mcie":
         return dict(kind="mcie", window=1, keep_anchor=False)  # MCIE alone: the previous frame only
     m = re.fullmatch(r"(no_|mcie_)?anchor_w(\d+)", preset)
     if m and int(m.group(2)) >= 1:
         kind = "mcie" if m.group(1) == "mcie_" else "anchoredit"
         return dict(kind=kind, window=int(m.group(2)), keep_anchor=m.group(1) != "no_")
-    raise ValueError(f"unknown method {preset!r}; use naive, anchor_wN, no_anchor_wN, mcie or mcie_anchor_wN "
-                     "(N >= 1)")
+    raise ValueError(f"unknown method {preset!r}; use naive, anchor_wN, no_anchor_wN, mcie, mcie_anchor_wN "
+                     "(N >= 1) or copy")

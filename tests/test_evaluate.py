@@ -162,9 +162,23 @@ def test_method_registry_and_names():
 def test_mcie_presets():
     assert evaluate.parse_preset("mcie") == dict(kind="mcie", window=1, keep_anchor=False)  # previous frame only
     assert evaluate.parse_preset("mcie_anchor_w4") == dict(kind="mcie", window=4, keep_anchor=True)
+    assert evaluate.parse_preset("copy")["kind"] == "copy"
     for bad in ("mcie_anchor_w0", "mcie_no_anchor_w2", "mcie2"):
         with pytest.raises(evaluate.EvalError, match="unknown method"):
             evaluate.parse_preset(bad)
+
+
+def test_copy_baseline_is_the_source(ckpt, tmp_path):
+    """`copy` returns the source every turn: its error against the source is the same at every turn,
+    and on the no-op protocol (target = source) it equals the error against the target."""
+    out = tmp_path / "copy"
+    assert _cli(ckpt, out, "--methods", "copy", "--protocols", "edit,noop", "--sheet", "0") == 0
+    val = {(r["protocol"], r["metric"], r["turn"]): float(r["value"]) for r in _csv(out / "metrics.csv")
+           if r["value"] != ""}
+    for proto in ("edit", "noop"):
+        assert val[(proto, "source_psnr", "1")] == val[(proto, "source_psnr", "2")] == val[(proto, "source_psnr", "3")]
+    assert val[("noop", "psnr", "2")] == pytest.approx(val[("noop", "source_psnr", "2")], abs=1e-4)
+    assert val[("edit", "psnr", "3")] < val[("edit", "source_psnr", "3")]  # the targets moved away
 
 
 def test_mcie_row_runs_and_records_latency(ckpt, tmp_path):

@@ -1,0 +1,104 @@
+"""Does a checkpoint carry out instructions? One teacher-forced turn per held-out pair, by edit type.
+
+    python benchmarks/edit_by_type.py --checkpoint runs/stage1_shapes --guidance 1,3
+
+Each pair is one ShapesEdit turn (split heldout_seeds, no no-ops) with the ground-truth previous
+image as the only memory, so nothing here is multi-turn drift. Two tables:
+
+1. PSNR (dB) inside the edit mask against the target, per edit type, side by side:
+   `vae(target)` (the VAE's ceiling), `copy source` (doing nothing) and the model at each guidance.
+   A model row no higher than `copy source` did not carry the edits out; the last column is the
+   PSNR outside the mask (what must stay).
+2. The held-out flow loss (fixed t and noise) inside / outside the mask with the true instruction,
+   another pair's instruction and the null one: how much the instruction helps the prediction.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from anchoredit_jax import editor, evaluate, flow  # noqa: E402
+from anchoredit_jax.data.images import to_float  # noqa: E402
+from anchoredit_jax.data.shapes_edit import generate_pair  # noqa: E402
+
+
+def masked_psnr(x, y, mask):
+    """Images [N, H, W, 3] in [-1, 1], mask [N, H, W] -> [N] PSNR over the masked pixels (nan if none)."""
+    err = np.mean(np.square(np.asarray(x) - np.asarray(y)), -1)
+    return np.array([10 * np.log10(4.0 / max(e[m].mean(), 1e-10)) if m.any() else np.nan for e, m in zip(err, mask)])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
+    ap.add_argument("--guidance", default="1,3", help="comma-separated CFG scales")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--num-pairs", type=int, default=96)
+    ap.add_argument("--split", default="heldout_seeds")
+    args = ap.parse_args(argv)
+
+    ld = evaluate.load_checkpoint(args.checkpoint, args.weights)
+    n = args.num_pairs
+    seqs = [generate_pair(i, i % 4, ld.resolution, split=args.split, noop_prob=0.0) for i in range(n)]
+    src = to_float(np.stack([s.source for s in seqs]))
+    tgt = to_float(np.stack([s.targets[0] for s in seqs]))
+    mask = np.stack([s.masks[0] for s in seqs])
+    types = np.array([s.edit_types[0] for s in seqs])
+    text, tmask = evaluate.embed_instructions(ld, [[s.instructions[0]] for s in seqs])
+    text, tmask = text[:, 0], tmask[:, 0]
+    enc, dec = jax.jit(ld.enc.encode_images), jax.jit(ld.enc.decode_latents)
+    zs, zt = enc(ld.frozen, src), enc(ld.frozen, tgt)
+    nt, nm = ld.enc.null_text((n,))
+
+    rows = {"vae(target)": np.asarray(dec(ld.frozen, zt)), "copy source": src}
+    for g in [float(x) for x in args.guidance.split(",")]:
+        settings = editor.SamplerSettings(num_steps=args.steps, guidance=g, method=ld.val.get("sampler", "euler"))
+
+        def one_turn(params, zs, text, tmask, rng, settings=settings):
+            mem = editor.start(ld.model, params, zs, nt, nm, window=1)
+            latent, _ = editor.edit_turn(ld.model, settings, params, mem, text, tmask, nt, nm, rng)
+            return ld.enc.decode_latents(ld.frozen, latent)
+
+        rows[f"model g={g:g}"] = np.asarray(jax.jit(one_turn)(ld.params, zs, text, tmask, jax.random.key(0)))
+
+    kinds = sorted(set(types))
+    print(f"{args.checkpoint} ({args.weights}), {n} held-out pairs, {args.steps} steps")
+    print("PSNR (dB) inside the edit mask vs target, by type (n = " +
+          ", ".join(f"{k} {int(np.sum(types == k))}" for k in kinds) + ")")
+    print(f"{'':14s}" + "".join(f"{k[:10]:>11s}" for k in kinds) + f"{'all':>8s}{'outside':>9s}")
+    for name, img in rows.items():
+        inside, outside = masked_psnr(img, tgt, mask), masked_psnr(img, tgt, ~mask)
+        print(f"{name:14s}" + "".join(f"{np.nanmean(inside[types == k]):11.2f}" for k in kinds)
+              + f"{np.nanmean(inside):8.2f}{np.nanmean(outside):9.2f}")
+
+    lmask = ld.enc.latent_mask(mask)
+
+    @jax.jit
+    def flow_loss(params, text, tmask, key):
+        kt, kn = jax.random.split(key)
+        t = jax.random.uniform(kt, (n,), minval=0.05, maxval=0.95)
+        noise = jax.random.normal(kn, zt.shape)
+        frames = jnp.stack([zs, flow.add_noise(zt, noise, t)], 1)
+        v = ld.model.apply({"params": params}, frames, jnp.stack([jnp.zeros(n), t], 1), jnp.stack([nt, text], 1),
+                           jnp.stack([nm, tmask], 1), jnp.broadcast_to(jnp.arange(2), (n, 2)),
+                           mode="block_causal")[:, 1]
+        err = jnp.mean(jnp.square(v - flow.velocity_target(zt, noise)), -1)
+        return jnp.sum(err * lmask) / jnp.sum(lmask), jnp.sum(err * (1 - lmask)) / jnp.sum(1 - lmask)
+
+    print("\nflow loss (4 draws of t, noise)  inside  outside")
+    other = np.roll(np.arange(n), 1)
+    for name, (tx, tm) in {"true instruction": (text, tmask), "another pair's": (text[other], tmask[other]),
+                           "null": (nt, nm)}.items():
+        inside, outside = np.mean([np.asarray(flow_loss(ld.params, tx, tm, jax.random.key(s))) for s in range(4)], 0)
+        print(f"{name:32s}{inside:8.4f}{outside:9.4f}")
+
+
+if __name__ == "__main__":
+    main()
