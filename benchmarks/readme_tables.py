@@ -40,11 +40,14 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", default="edit")
     ap.add_argument("--metrics", default="psnr,lpips")
     ap.add_argument("--turns", default="1,5,10,20,30")
+    ap.add_argument("--exclude", default="", help="comma-separated method names to leave out (e.g. repeated "
+                    "checkpoint-free baselines: stage2/copy,stage3/copy)")
     args = ap.parse_args(argv)
     path = args.run if args.run.endswith(".csv") else os.path.join(args.run, "metrics.csv")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
+        rows = [r for r in rows if r["method"] not in set(args.exclude.split(","))]
         print(table(rows, args.protocol, args.metrics.split(","), [int(t) for t in args.turns.split(",")]))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,9 +2,9 @@
 # The evaluation runs behind README's results tables (run from the repo root after the training commands).
 set -x
 E="python -m anchoredit_jax.evaluate"
-S1=stage1=runs/stage1_shapes; S2=stage2=runs/stage2_shapes; S3=stage3=runs/stage3_shapes
+S1=stage1=runs/stage1_long; S2=stage2=runs/stage2_shapes; S3=stage3=runs/stage3_shapes
 time $E --checkpoint teacher=runs/stage2_shapes --checkpoint distilled=runs/stage3_shapes --methods anchor_w4 --steps 4,20 --turns 10 --num-sequences 8 --batch-size 1 --out out/eval_distill
-time $E --checkpoint $S1 --checkpoint $S2 --checkpoint $S3 --methods anchor_w4,no_anchor_w4,naive --turns 30 --num-sequences 16 --out out/eval_main
+time $E --checkpoint $S1 --checkpoint $S2 --checkpoint $S3 --methods anchor_w4,no_anchor_w4,naive,copy --turns 30 --num-sequences 16 --out out/eval_main
 time $E --checkpoint $S1 --methods anchor_w4,naive,mcie,mcie_anchor_w4 --turns 10 --num-sequences 16 --out out/eval_mcie
 time $E --checkpoint $S1 --checkpoint $S2 --checkpoint $S3 --methods anchor_w4,naive --turns 10 --num-sequences 16 --protocols roundtrip,noop --out out/eval_protocols
 time $E --checkpoint $S1 --methods anchor_w1,anchor_w2,anchor_w4,anchor_w8 --turns 30 --num-sequences 16 --out out/eval_windows
