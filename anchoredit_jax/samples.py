@@ -56,15 +56,12 @@ class Stage1Validation:
         n = src.shape[0]
         null_text, null_mask = self.enc.null_text((n,))
         # both branches in one batch: [cond; uncond]
-        texts = jnp.concatenate([jnp.stack([null_text, text], 1), jnp.stack([null_text, null_text], 1)])
-        masks = jnp.concatenate([jnp.stack([null_mask, text_mask], 1), jnp.stack([null_mask, null_mask], 1)])
+        texts, masks = jnp.concatenate([text, null_text]), jnp.concatenate([text_mask, null_mask])
         src2 = jnp.concatenate([src, src])
-        pos = jnp.broadcast_to(jnp.arange(2), (2 * n, 2))
 
         def v_fn(x, t):
-            frames = jnp.stack([src2, jnp.concatenate([x, x])], 1)
-            times = jnp.stack([jnp.zeros(2 * n), jnp.full(2 * n, t)], 1)
-            v = self.model.apply({"params": params}, frames, times, texts, masks, pos, mode="block_causal")[:, 1]
+            v = stage1.pair_velocity(params, self.model, src2, jnp.concatenate([x, x]), jnp.full(2 * n, t), texts,
+                                     masks, null_text[0], null_mask[0])
             return v[:n], v[n:]
 
         cfg = self.config.val

@@ -45,17 +45,26 @@ def loss_fn(params, model: WanDiT, rng, *, source, target, text, text_mask, null
     noise = jax.random.normal(k_noise, target.shape)
     x_t = flow.add_noise(target, noise, t)
 
-    frames = jnp.stack([source, x_t], axis=1)  # [B, 2, h, w, C]
-    times = jnp.stack([jnp.zeros_like(t), t], axis=1)
-    texts = jnp.stack([jnp.broadcast_to(null_text, text.shape), text], axis=1)
-    masks = jnp.stack([jnp.broadcast_to(null_mask, text_mask.shape), text_mask], axis=1)
-    positions = jnp.broadcast_to(jnp.arange(2), (b, 2))
-    v = model.apply({"params": params}, frames, times, texts, masks, positions, mode="block_causal")[:, 1]
-
+    v = pair_velocity(params, model, source, x_t, t, text, text_mask, null_text, null_mask)
     per_example, mse = weighted_velocity_error(v, flow.velocity_target(target, noise), edit_mask, has_mask,
                                                cfg.outside_mask_weight)
     loss = jnp.mean(per_example)
     return loss, {"mse": mse, "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}
+
+
+def pair_velocity(params, model: WanDiT, source, x_t, t, text, text_mask, null_text, null_mask):
+    """The velocity of frame 1 of the block-causal pair [clean source at t=0 reading the null
+    instruction, x_t at t reading `text`].
+
+    source, x_t: [B, h, w, C]; t [B]; text [B, L, D], text_mask [B, L]; null_text/null_mask
+    broadcastable to text/text_mask. -> [B, h, w, C].
+    """
+    frames = jnp.stack([source, x_t], axis=1)  # [B, 2, h, w, C]
+    times = jnp.stack([jnp.zeros_like(t), t], axis=1)
+    texts = jnp.stack([jnp.broadcast_to(null_text, text.shape), text], axis=1)
+    masks = jnp.stack([jnp.broadcast_to(null_mask, text_mask.shape), text_mask], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(2), (source.shape[0], 2))
+    return model.apply({"params": params}, frames, times, texts, masks, positions, mode="block_causal")[:, 1]
 
 
 def weighted_velocity_error(v, target_v, edit_mask, has_mask, outside_weight: float):

@@ -23,15 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from anchoredit_jax import editor, evaluate, flow  # noqa: E402
+from anchoredit_jax import editor, eval_metrics, evaluate, flow, stage1  # noqa: E402
 from anchoredit_jax.data.images import to_float  # noqa: E402
 from anchoredit_jax.data.shapes_edit import generate_pair  # noqa: E402
 
 
 def masked_psnr(x, y, mask):
     """Images [N, H, W, 3] in [-1, 1], mask [N, H, W] -> [N] PSNR over the masked pixels (nan if none)."""
-    err = np.mean(np.square(np.asarray(x) - np.asarray(y)), -1)
-    return np.array([10 * np.log10(4.0 / max(e[m].mean(), 1e-10)) if m.any() else np.nan for e, m in zip(err, mask)])
+    psnr, _, count = eval_metrics.masked_errors(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask))
+    return np.where(np.asarray(count) > 0, np.asarray(psnr), np.nan)
 
 
 def main(argv=None) -> None:
@@ -85,10 +85,7 @@ def main(argv=None) -> None:
         kt, kn = jax.random.split(key)
         t = jax.random.uniform(kt, (n,), minval=0.05, maxval=0.95)
         noise = jax.random.normal(kn, zt.shape)
-        frames = jnp.stack([zs, flow.add_noise(zt, noise, t)], 1)
-        v = ld.model.apply({"params": params}, frames, jnp.stack([jnp.zeros(n), t], 1), jnp.stack([nt, text], 1),
-                           jnp.stack([nm, tmask], 1), jnp.broadcast_to(jnp.arange(2), (n, 2)),
-                           mode="block_causal")[:, 1]
+        v = stage1.pair_velocity(params, ld.model, zs, flow.add_noise(zt, noise, t), t, text, tmask, nt, nm)
         err = jnp.mean(jnp.square(v - flow.velocity_target(zt, noise)), -1)
         return jnp.sum(err * lmask) / jnp.sum(lmask), jnp.sum(err * (1 - lmask)) / jnp.sum(1 - lmask)
 

@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-        rows = [r for r in rows if r["method"] not in set(args.exclude.split(","))]
+        excluded = set(args.exclude.split(","))
+        rows = [r for r in rows if r["method"] not in excluded]
         print(table(rows, args.protocol, args.metrics.split(","), [int(t) for t in args.turns.split(",")]))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

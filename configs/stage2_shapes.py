@@ -16,7 +16,7 @@ def get_config(arg: str = ""):
     test = arg == "test"
     c = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "stage1_shapes.py"), arg)
     c.stage = "stage2"
-    c.num_steps = 6 if test else 800  # 19 min on the 2-core CPU
+    c.num_steps = 6 if test else 800  # 22 min on the 2-core CPU (W = 4)
     c.batch_size = 4 if test else 8
     c.init_from = "" if test else "runs/stage1_shapes"
     # K = 6 turns with a window of 4: longer than W + 1 = 5, so eviction happens in training. W = 4 is
