@@ -1,6 +1,6 @@
 """Does a checkpoint carry out instructions? One teacher-forced turn per held-out pair, by edit type.
 
-    python benchmarks/edit_by_type.py --checkpoint runs/stage1_shapes --guidance 1,3
+    python benchmarks/edit_by_type.py --checkpoint runs/stage1_shapes --guidance 1,3 [--sheet by_type.png]
 
 Each pair is one ShapesEdit turn (split heldout_seeds, no no-ops) with the ground-truth previous
 image as the only memory, so nothing here is multi-turn drift. Two tables:
@@ -11,6 +11,10 @@ image as the only memory, so nothing here is multi-turn drift. Two tables:
    PSNR outside the mask (what must stay).
 2. The held-out flow loss (fixed t and noise) inside / outside the mask with the true instruction,
    another pair's instruction and the null one: how much the instruction helps the prediction.
+
+`--sheet PATH` also writes the pictures behind table 1: for each edit type, `--per-type` pairs as
+source (captioned with the instruction), target and the model's output at each guidance, one row
+per type.
 """
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from anchoredit_jax import editor, eval_metrics, evaluate, flow, stage1  # noqa: E402
-from anchoredit_jax.data.images import to_float  # noqa: E402
+from anchoredit_jax.data.contact_sheet import save_contact_sheet  # noqa: E402
+from anchoredit_jax.data.images import to_float, to_uint8  # noqa: E402
 from anchoredit_jax.data.shapes_edit import generate_pair  # noqa: E402
 
 
@@ -42,6 +47,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--num-pairs", type=int, default=96)
     ap.add_argument("--split", default="heldout_seeds")
+    ap.add_argument("--sheet", default="", help="write a contact sheet of the outputs, by edit type, here")
+    ap.add_argument("--per-type", type=int, default=3, help="pairs per edit type on --sheet")
     args = ap.parse_args(argv)
 
     ld = evaluate.load_checkpoint(args.checkpoint, args.weights)
@@ -77,6 +84,14 @@ def main(argv=None) -> None:
         inside, outside = masked_psnr(img, tgt, mask), masked_psnr(img, tgt, ~mask)
         print(f"{name:14s}" + "".join(f"{np.nanmean(inside[types == k]):11.2f}" for k in kinds)
               + f"{np.nanmean(inside):8.2f}{np.nanmean(outside):9.2f}")
+
+    if args.sheet:
+        sheet = []  # one row per edit type: (source, target, model outputs) for each of its first pairs
+        for k in kinds:
+            sheet.append([cell for i in np.flatnonzero(types == k)[:args.per_type] for cell in
+                          [(to_uint8(src[i]), f"{k}: {seqs[i].instructions[0]}"), (to_uint8(tgt[i]), "target")]
+                          + [(to_uint8(img[i]), name) for name, img in rows.items() if name.startswith("model")]])
+        print(f"contact sheet: {save_contact_sheet(sheet, args.sheet)}")
 
     lmask = ld.enc.latent_mask(mask)
 
