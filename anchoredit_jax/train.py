@@ -326,7 +326,7 @@ def text_batches(enc, frozen, config, data_iter, ranks: dict, batch_sh: dict):
 
 
 def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings, weights: str = "ema"):
-    """Params from a training workdir (its EMA), a diffusers transformer folder or a params folder.
+    """Params from a training workdir (its EMA), a release, a diffusers transformer folder or a params folder.
 
     Tensors named in `reinit` ("a/b/kernel" paths) keep their fresh initialisation (e.g. the text
     projection when the text encoder differs from the checkpoint's); every other tensor must match
@@ -334,8 +334,12 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
     """
     from anchoredit_jax import interop
 
+    from anchoredit_jax import release
+
     if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir (e.g. stage 1 for stage 2)
         _, _, loaded = checkpointing.load_trained(path, which=weights)
+    elif release.is_release(path):  # e.g. weights/shapes_stage1: one set of weights, `weights` does not apply
+        _, _, loaded = release.load(path)
     elif os.path.exists(os.path.join(path, "params")):
         _, loaded = interop.load_jax_params(path)
     else:

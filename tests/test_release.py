@@ -59,3 +59,18 @@ def test_edit_cli_runs_on_a_release(workdir, tmp_path, capsys):
                     "--instructions", *seq.instructions])
     assert rc == 0, capsys.readouterr().err
     assert os.path.exists(tmp_path / "e" / "turn_02.png") and os.path.exists(tmp_path / "e" / "contact_sheet.png")
+
+
+def test_init_from_a_release_loads_its_weights(workdir, tmp_path):
+    """A release is a valid `init_from` (how a next run continues the shipped model)."""
+    import flax.linen as nn
+
+    from anchoredit_jax.model import init_params
+
+    out = str(tmp_path / "rel")
+    release.export(workdir, out)
+    _, mcfg, ema = checkpointing.load_trained(workdir, which="ema")
+    fresh = nn.unbox(init_params(mcfg, jax.random.key(1)))
+    got = train_lib.load_init_params(out, fresh, (), None)
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), ema, got)
+    assert all(jax.tree.leaves(same))
