@@ -332,14 +332,11 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
     projection when the text encoder differs from the checkpoint's); every other tensor must match
     in shape, and the first one that does not is named.
     """
-    from anchoredit_jax import interop
+    from anchoredit_jax import interop, release
 
-    from anchoredit_jax import release
-
-    if os.path.isdir(os.path.join(path, "checkpoints")):  # a training workdir (e.g. stage 1 for stage 2)
+    # a training workdir (e.g. stage 1 for stage 2) or a release (e.g. weights/shapes_stage1): load_trained reads both
+    if os.path.isdir(os.path.join(path, "checkpoints")) or release.is_release(path):
         _, _, loaded = checkpointing.load_trained(path, which=weights)
-    elif release.is_release(path):  # e.g. weights/shapes_stage1: one set of weights, `weights` does not apply
-        _, _, loaded = release.load(path)
     elif os.path.exists(os.path.join(path, "params")):
         _, loaded = interop.load_jax_params(path)
     else:

@@ -3,6 +3,7 @@ usable wherever a training workdir is (edit CLI)."""
 import json
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -36,8 +37,7 @@ def test_export_load_is_exact_and_refuses_to_overwrite(workdir, tmp_path):
     _, raw_b = checkpointing.load_trained(workdir, which="params")[1:]
     config, mcfg_b, got = checkpointing.load_trained(out)
     assert mcfg_a == mcfg_b and config.stage == "stage1"
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), ema, got)
-    assert all(jax.tree.leaves(same))
+    chex.assert_trees_all_equal(ema, got)
     differs = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), raw_b, got)
     assert not all(jax.tree.leaves(differs))  # it is the EMA that was exported, not the raw params
     before = sorted(os.listdir(out))
@@ -72,5 +72,4 @@ def test_init_from_a_release_loads_its_weights(workdir, tmp_path):
     _, mcfg, ema = checkpointing.load_trained(workdir, which="ema")
     fresh = nn.unbox(init_params(mcfg, jax.random.key(1)))
     got = train_lib.load_init_params(out, fresh, (), None)
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), ema, got)
-    assert all(jax.tree.leaves(same))
+    chex.assert_trees_all_equal(ema, got)
