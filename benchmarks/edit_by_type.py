@@ -45,6 +45,8 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--guidance", default="1,3", help="comma-separated CFG scales")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--shift", type=float, default=None, help="timestep shift (default: the run's val.sample_shift)")
+    ap.add_argument("--sampler", default=None, help="euler | midpoint | fireflow (default: the run's val.sampler)")
     ap.add_argument("--num-pairs", type=int, default=96)
     ap.add_argument("--split", default="heldout_seeds")
     ap.add_argument("--sheet", default="", help="write a contact sheet of the outputs, by edit type, here")
@@ -64,9 +66,11 @@ def main(argv=None) -> None:
     zs, zt = enc(ld.frozen, src), enc(ld.frozen, tgt)
     nt, nm = ld.enc.null_text((n,))
 
+    method = args.sampler or ld.val.get("sampler", "euler")
+    shift = args.shift if args.shift is not None else ld.val.get("sample_shift", 1.0)
     rows = {"vae(target)": np.asarray(dec(ld.frozen, zt)), "copy source": src}
     for g in [float(x) for x in args.guidance.split(",")]:
-        settings = editor.SamplerSettings(num_steps=args.steps, guidance=g, method=ld.val.get("sampler", "euler"))
+        settings = editor.SamplerSettings(num_steps=args.steps, guidance=g, method=method, shift=shift)
 
         def one_turn(params, zs, text, tmask, rng, settings=settings):
             mem = editor.start(ld.model, params, zs, nt, nm, window=1)
@@ -76,7 +80,7 @@ def main(argv=None) -> None:
         rows[f"model g={g:g}"] = np.asarray(jax.jit(one_turn)(ld.params, zs, text, tmask, jax.random.key(0)))
 
     kinds = sorted(set(types))
-    print(f"{args.checkpoint} ({args.weights}), {n} held-out pairs, {args.steps} steps")
+    print(f"{args.checkpoint} ({args.weights}), {n} held-out pairs, {args.steps} {method} steps, shift {shift:g}")
     print("PSNR (dB) inside the edit mask vs target, by type (n = " +
           ", ".join(f"{k} {int(np.sum(types == k))}" for k in kinds) + ")")
     print(f"{'':14s}" + "".join(f"{k[:10]:>11s}" for k in kinds) + f"{'all':>8s}{'outside':>9s}")
