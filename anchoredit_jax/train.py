@@ -27,7 +27,7 @@ from tqdm import tqdm
 from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.config_lib import model_config
-from anchoredit_jax.data import pipeline
+from anchoredit_jax.data import pipeline, shapes_edit
 from anchoredit_jax.model import WanDiT, init_params
 
 
@@ -48,10 +48,15 @@ def make_source(cfg: ml_collections.ConfigDict, split: str | None = None):
     """The sequence source of config.data: procedural ShapesEdit or a JSONL set."""
     if cfg.kind == "shapes_edit":
         return pipeline.ShapesEditSource(cfg.num_sequences, cfg.num_turns, cfg.resolution, split or cfg.split,
-                                         noop_prob=cfg.noop_prob)
+                                         noop_prob=cfg.noop_prob, edit_weights=_edit_weights(cfg))
     if cfg.kind == "jsonl":
         return pipeline.JsonlSource(cfg.path, resolution=cfg.resolution)
     raise ValueError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
+
+
+def _edit_weights(cfg: ml_collections.ConfigDict) -> dict | None:
+    weights = cfg.get("edit_weights")  # absent in configs saved before it existed
+    return shapes_edit.check_edit_weights(weights.to_dict()) if weights is not None else None
 
 
 def global_batch(local: dict, shardings: dict) -> dict:
@@ -104,6 +109,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
                          "change config.batch_size or config.mesh")
     if config.batch_size % jax.process_count():
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    if config.data.kind == "shapes_edit":
+        _edit_weights(config.data)  # a bad value fails here, before the workdir is touched
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:

@@ -8,6 +8,7 @@
 import ml_collections
 
 from anchoredit_jax import sharding
+from anchoredit_jax.data import shapes_edit
 
 
 def get_config(arg: str = ""):
@@ -41,7 +42,10 @@ def get_config(arg: str = ""):
     c.data = ml_collections.ConfigDict(dict(
         kind="shapes_edit", split="train", num_sequences=200_000, num_turns=4, resolution=64,
         noop_prob=0.0,  # no-op pairs come from stage1.noop_prob instead, so their share is exact
-        first_turn_only=False, worker_count=0, path=""))
+        first_turn_only=False, worker_count=0, path="",
+        # how often each edit type is drawn (training data only; validation and evaluation keep the
+        # defaults), e.g. --config.data.edit_weights.add=3.0
+        edit_weights=dict(shapes_edit.DEFAULT_EDIT_WEIGHTS)))
     c.text = ml_collections.ConfigDict(dict(max_length=24, cache_entries=50_000))
     c.vae = ml_collections.ConfigDict(dict(
         workdir="random" if test else "runs/vae_shapes",  # output of anchoredit_jax.train_vae

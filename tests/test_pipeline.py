@@ -121,3 +121,21 @@ def test_exact_resume():
 def test_bad_kind():
     with pytest.raises(ValueError, match="kind"):
         pipeline.make_loader(pipeline.ShapesEditSource(2, 1, 16), kind="video", batch_size=1, seed=0)
+
+
+def test_config_edit_weights_reach_the_training_source():
+    """config.data.edit_weights reweights the training pairs; a config saved before the key
+    existed still loads (the generator's defaults)."""
+    from anchoredit_jax import train
+    from configs import stage1_shapes
+    data = stage1_shapes.get_config("test").data
+    data.num_sequences = 12
+    for name in data.edit_weights:
+        data.edit_weights[name] = 1.0 if name == "background" else 0.0
+    src = train.make_source(data)
+    assert {t for i in range(len(src)) for t in src[i].edit_types} <= {"background", "noop"}
+    loader = pipeline.make_loader(src, kind="pair", batch_size=4, seed=0, shard=False)
+    batch = next(iter(loader))
+    assert set(batch["edit_type"][batch["edit_type"] >= 0]) <= {se.EDIT_TYPES.index(n) for n in ("background", "noop")}
+    del data["edit_weights"]
+    assert train.make_source(data).edit_weights is None

@@ -131,3 +131,28 @@ def test_cli_writes_jsonl_and_sheet(tmp_path):
     se.main(["--out", str(tmp_path), "--num", "2", "--turns", "2", "--resolution", "32x48", "--sheet", "1"])
     assert (tmp_path / "data.jsonl").read_text().count("\n") == 2
     assert (tmp_path / "contact_sheet.png").stat().st_size > 0
+
+
+def test_edit_weights_reweight_types_and_keep_the_default_stream():
+    def kinds(weights):
+        return [e.edit_type for seed in range(60)
+                for e in se.generate_scenes(seed, 4, noop_prob=0.0, edit_weights=weights)[1]]
+
+    default = kinds(None)
+    assert kinds(dict(se.DEFAULT_EDIT_WEIGHTS)) == default  # explicit defaults: the same sequences
+    assert kinds({"recolor": 3.0}) == default  # missing types keep their default weight
+    only_bg = {n: 0.0 for n in se.DEFAULT_EDIT_WEIGHTS} | {"background": 1.0}
+    assert set(kinds(only_bg)) == {"background"}
+    boosted = kinds({"add": 20.0, "recolor": 0.3})
+    assert boosted.count("add") > 2 * default.count("add") and boosted.count("recolor") < default.count("recolor")
+    # weight 0 only moves a type to the end of the order: recolor still rescues a scene nothing else fits
+    no_recolor = {n: 0.0 for n in se.DEFAULT_EDIT_WEIGHTS} | {"add": 1.0}
+    assert set(kinds(no_recolor)) <= {"add", "recolor"} and "add" in kinds(no_recolor)
+
+
+@pytest.mark.parametrize("weights, match", [({"blob": 1.0}, "unknown edit type"), ({"add": -1.0}, ">= 0"),
+                                            ({n: 0.0 for n in se.DEFAULT_EDIT_WEIGHTS}, "not all 0"),
+                                            ({"add": float("nan")}, "finite")])
+def test_bad_edit_weights_name_the_problem(weights, match):
+    with pytest.raises(ValueError, match=match):
+        se.generate_sequence(0, 1, 32, edit_weights=weights)

@@ -36,7 +36,8 @@ import grain.python as grain
 import numpy as np
 
 from anchoredit_jax.data import jsonl
-from anchoredit_jax.data.shapes_edit import EDIT_TYPES, SPLITS, EditSequence, generate_pair, generate_sequence
+from anchoredit_jax.data.shapes_edit import (EDIT_TYPES, SPLITS, EditSequence, check_edit_weights, generate_pair,
+                                             generate_sequence)
 from anchoredit_jax.data.images import to_float
 
 Tokenize = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
@@ -51,12 +52,13 @@ class ShapesEditSource(grain.RandomAccessDataSource):
     """`num_sequences` ShapesEdit sequences of `num_turns` turns; record i uses seed seed_offset + i."""
 
     def __init__(self, num_sequences: int, num_turns: int, resolution=64, split: str = "train",
-                 noop_prob: float = 0.1, seed_offset: int = 0):
+                 noop_prob: float = 0.1, seed_offset: int = 0, edit_weights=None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
         self.num_sequences, self.num_turns, self.split = int(num_sequences), int(num_turns), split
         self.resolution = (resolution, resolution) if np.isscalar(resolution) else tuple(resolution)
         self.noop_prob, self.seed_offset = float(noop_prob), int(seed_offset)
+        self.edit_weights = check_edit_weights(edit_weights)  # None: the generator's defaults
 
     def __len__(self) -> int:
         return self.num_sequences
@@ -67,17 +69,18 @@ class ShapesEditSource(grain.RandomAccessDataSource):
     def __repr__(self) -> str:
         return (f"ShapesEditSource(num_sequences={self.num_sequences}, num_turns={self.num_turns}, "
                 f"resolution={self.resolution}, split={self.split!r}, noop_prob={self.noop_prob}, "
-                f"seed_offset={self.seed_offset})")
+                f"seed_offset={self.seed_offset}, edit_weights={self.edit_weights})")
 
     def turns_with_target(self, i: int) -> list[bool]:
         return [True] * self.num_turns
 
     def load(self, i: int, num_turns: int | None = None) -> EditSequence:
         k = self.num_turns if num_turns is None else min(num_turns, self.num_turns)
-        return generate_sequence(self.seed_offset + i, k, self.resolution, self.split, self.noop_prob)
+        return generate_sequence(self.seed_offset + i, k, self.resolution, self.split, self.noop_prob,
+                                 self.edit_weights)
 
     def load_pair(self, i: int, k: int) -> EditSequence:
-        return generate_pair(self.seed_offset + i, k, self.resolution, self.split, self.noop_prob)
+        return generate_pair(self.seed_offset + i, k, self.resolution, self.split, self.noop_prob, self.edit_weights)
 
 
 class JsonlSource(grain.RandomAccessDataSource):

@@ -495,21 +495,45 @@ def _edit_background(rng, scene, split):
     return dataclasses.replace(scene, background=Background(style, color)), "background", dict(bg=phrase), (0,), ()
 
 
-_EDITS = {"recolor": (_edit_recolor, 3.0), "add": (_edit_add, 1.5), "remove": (_edit_remove, 1.2),
-          "move": (lambda r, s, p: _edit_move_or_resize(r, s, p, False), 1.5),
-          "resize": (lambda r, s, p: _edit_move_or_resize(r, s, p, True), 1.2),
-          "pattern": (_edit_pattern, 1.5), "background": (_edit_background, 1.0)}
+_EDITS = {"recolor": _edit_recolor, "add": _edit_add, "remove": _edit_remove,
+          "move": lambda r, s, p: _edit_move_or_resize(r, s, p, False),
+          "resize": lambda r, s, p: _edit_move_or_resize(r, s, p, True),
+          "pattern": _edit_pattern, "background": _edit_background}
+# How often each type is tried first. Every split's default; training may reweight
+# (config.data.edit_weights) to spend steps on the types a model still gets wrong.
+DEFAULT_EDIT_WEIGHTS = {"recolor": 3.0, "add": 1.5, "remove": 1.2, "move": 1.5, "resize": 1.2, "pattern": 1.5,
+                        "background": 1.0}
 
 
-def sample_edit(rng, scene: Scene, split: str = "train", noop_prob: float = 0.1) -> Edit:
-    """One valid edit of `scene` (tries edit types in a weighted random order until one applies)."""
+def check_edit_weights(weights) -> dict[str, float] | None:
+    """None (the defaults) or a full {type: weight >= 0} dict; missing types keep their default."""
+    if weights is None:
+        return None
+    weights = dict(weights)
+    unknown = sorted(set(weights) - set(_EDITS))
+    if unknown:
+        raise ValueError(f"edit_weights: unknown edit type(s) {unknown}; expected some of {list(_EDITS)}")
+    out = {n: float(weights.get(n, DEFAULT_EDIT_WEIGHTS[n])) for n in _EDITS}
+    if any(not np.isfinite(w) or w < 0 for w in out.values()) or not sum(out.values()) > 0:
+        raise ValueError(f"edit_weights must be finite, >= 0 and not all 0, got {out}")
+    return out
+
+
+def sample_edit(rng, scene: Scene, split: str = "train", noop_prob: float = 0.1, edit_weights=None) -> Edit:
+    """One valid edit of `scene` (tries edit types in a weighted random order until one applies).
+
+    edit_weights: {type: weight} (see check_edit_weights), None for DEFAULT_EDIT_WEIGHTS. A type
+    of weight 0 is still tried last, so recolor (which always applies) remains the fallback."""
     if rng.random() < noop_prob:
         text, tid = _phrase(rng, "noop", split)
         return Edit("noop", text, tid, scene)
+    weights = check_edit_weights(edit_weights) or DEFAULT_EDIT_WEIGHTS
     names = list(_EDITS)
-    p = np.array([_EDITS[n][1] for n in names])
-    for name in rng.choice(names, size=len(names), replace=False, p=p / p.sum()):
-        out = _EDITS[name][0](rng, scene, split)
+    p = np.array([weights[n] for n in names])
+    nonzero = int(np.count_nonzero(p))
+    order = list(rng.choice(names, size=nonzero, replace=False, p=p / p.sum()))
+    for name in order + [n for n in names if n not in order]:
+        out = _EDITS[name](rng, scene, split)
         if out is not None:
             new, key, slots, before, after = out
             text, tid = _phrase(rng, key, split, **slots)
@@ -524,7 +548,7 @@ def _rng(seed: int, split: str) -> np.random.Generator:
 
 
 def generate_scenes(seed: int, num_turns: int, resolution=64, split: str = "train",
-                    noop_prob: float = 0.1) -> tuple[list[Scene], list[Edit]]:
+                    noop_prob: float = 0.1, edit_weights=None) -> tuple[list[Scene], list[Edit]]:
     """Scene descriptions only (no pixels): K+1 scenes and K edits. Only the aspect of
     `resolution` matters, so 64 and 128 give the same scenes."""
     h, w = resolution_hw(resolution)
@@ -532,7 +556,7 @@ def generate_scenes(seed: int, num_turns: int, resolution=64, split: str = "trai
     scenes = [sample_scene(rng, (h / min(h, w), w / min(h, w)), split)]
     edits = []
     for _ in range(num_turns):
-        edits.append(sample_edit(rng, scenes[-1], split, noop_prob))
+        edits.append(sample_edit(rng, scenes[-1], split, noop_prob, edit_weights))
         scenes.append(edits[-1].scene)
     return scenes, edits
 
@@ -550,16 +574,16 @@ def render_sequence(scenes, edits, hw, seed) -> EditSequence:
 
 
 def generate_sequence(seed: int, num_turns: int, resolution: int | tuple[int, int] = 64, split: str = "train",
-                      noop_prob: float = 0.1) -> EditSequence:
+                      noop_prob: float = 0.1, edit_weights=None) -> EditSequence:
     """Sequence `seed` of `split`: source [H, W, 3] plus K targets, masks, instructions, types."""
-    scenes, edits = generate_scenes(seed, num_turns, resolution, split, noop_prob)
+    scenes, edits = generate_scenes(seed, num_turns, resolution, split, noop_prob, edit_weights)
     return render_sequence(scenes, edits, resolution_hw(resolution), seed)
 
 
 def generate_pair(seed: int, turn: int, resolution: int | tuple[int, int] = 64, split: str = "train",
-                  noop_prob: float = 0.1) -> EditSequence:
+                  noop_prob: float = 0.1, edit_weights=None) -> EditSequence:
     """Turn `turn` (0-based) of sequence `seed` as a 1-turn sequence, rendering only 2 frames."""
-    scenes, edits = generate_scenes(seed, turn + 1, resolution, split, noop_prob)
+    scenes, edits = generate_scenes(seed, turn + 1, resolution, split, noop_prob, edit_weights)
     return render_sequence(scenes[-2:], edits[-1:], resolution_hw(resolution), seed)
 
 
