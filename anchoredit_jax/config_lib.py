@@ -1,8 +1,10 @@
 """Loading `configs/*.py` files outside absl flags (tests, notebooks, checkpoints)."""
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
+import sys
 
 import ml_collections
 
@@ -33,3 +35,41 @@ def load_config(path: str, arg: str | None = None, **overrides) -> ml_collection
 def model_config(config: ml_collections.ConfigDict) -> DiTConfig:
     """The experiment config's `model` section as a validated DiTConfig."""
     return DiTConfig.from_dict(config.model.to_dict()).validate()
+
+
+def check_config_flags(argv: list[str], flag: str = "config") -> None:
+    """Exits with one line naming the problem when a `--config.KEY=V` flag names no key of the
+    config file (absl would print a 40-line traceback ending in `AttributeError: 'KEY'`).
+
+    Call before `app.run`. Anything it cannot resolve (no --config given, a config that fails to
+    load) is left to absl, which reports those clearly itself.
+    """
+    path, keys = None, []
+    for i, a in enumerate(argv[1:], 1):
+        if a == f"--{flag}" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith(f"--{flag}="):
+            path = a.split("=", 1)[1]
+        elif a.startswith(f"--{flag}."):
+            keys.append(a[len(flag) + 3:].split("=", 1)[0])
+    if path is None or not keys:
+        return
+    file, _, arg = path.partition(":")
+    try:
+        config = load_config(file, arg if ":" in path else None)
+    except Exception:  # noqa: BLE001 -- absl loads it again and reports its own error
+        return
+    for key in keys:
+        node = config
+        for depth, part in enumerate(key.split(".")):
+            if isinstance(node, (dict, ml_collections.ConfigDict)) and part in node:
+                node = node[part]
+                continue
+            where = ".".join(key.split(".")[:depth]) or "the top level"
+            if not isinstance(node, (dict, ml_collections.ConfigDict)):
+                sys.exit(f"error: --{flag}.{key}: {where} in {file} is a value, not a section")
+            options = list(node.keys()) if isinstance(node, (dict, ml_collections.ConfigDict)) else []
+            close = difflib.get_close_matches(part, options, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                f"; {where} has {', '.join(sorted(options))}" if options else "")
+            sys.exit(f"error: --{flag}.{key}: {file} has no key {part!r} under {where}{hint}")

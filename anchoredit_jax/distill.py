@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 
 import flax
 import jax
@@ -29,7 +30,7 @@ import ml_collections
 import optax
 from absl import app, flags
 
-from anchoredit_jax import editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import config_lib, editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.model import WanDiT, init_params
@@ -228,4 +229,5 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
+    config_lib.check_config_flags(sys.argv)
     app.run(main)

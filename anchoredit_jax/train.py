@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 
 import flax
@@ -24,7 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
+from anchoredit_jax import checkpointing, config_lib, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.config_lib import model_config
 from anchoredit_jax.data import pipeline, shapes_edit
@@ -381,4 +382,5 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
+    config_lib.check_config_flags(sys.argv)
     app.run(main)

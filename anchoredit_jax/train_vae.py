@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -31,6 +32,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from anchoredit_jax import config_lib
 from anchoredit_jax import vae as vae_lib
 from anchoredit_jax.data import images as pixels
 
@@ -297,4 +299,5 @@ def main(argv):
 if __name__ == "__main__":
     _define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
+    config_lib.check_config_flags(sys.argv)
     app.run(main)

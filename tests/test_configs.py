@@ -5,7 +5,7 @@ import jax
 import pytest
 
 from anchoredit_jax import interop
-from anchoredit_jax.config_lib import load_config, model_config
+from anchoredit_jax.config_lib import check_config_flags, load_config, model_config
 from anchoredit_jax.model import abstract_params
 
 
@@ -40,3 +40,28 @@ def test_tiny_config_loads_and_overrides():
         config = load_config("configs/tiny.py")
         config.model.bogus = 1
         model_config(config)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.optim.lrr=1", "no key 'lrr' under optim; did you mean lr?"),
+    ("--config.data.edit_weights.blob=2", "no key 'blob' under data.edit_weights; data.edit_weights has add,"),
+    ("--config.nosuch.x=1", "no key 'nosuch' under the top level"),
+    ("--config.seed.x=1", "seed in configs/stage1_shapes.py is a value, not a section"),
+])
+def test_a_bad_config_flag_is_one_line_naming_the_key(flag, message):
+    with pytest.raises(SystemExit) as e:
+        check_config_flags(["train", "--config", "configs/stage1_shapes.py:test", "--workdir", "w", flag])
+    assert message in str(e.value) and str(e.value).startswith(f"error: {flag.split('=')[0]}:")
+    # good keys, another spelling of --config, or no --config at all: nothing to say
+    check_config_flags(["train", "--config=configs/stage1_shapes.py", "--config.optim.lr=1", "--config.seed", "3"])
+    check_config_flags(["train", "--config.optim.lrr=1"])
+
+
+def test_train_cli_reports_a_bad_config_key_before_touching_the_workdir(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "anchoredit_jax.train", "--config", "configs/stage1_shapes.py:test",
+                        "--workdir", str(tmp_path / "w"), "--config.data.bogus=1"], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "no key 'bogus' under data" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
