@@ -4,7 +4,8 @@ A builder maps (model, encoders, Method) to a jitted fn(params, source_latent [B
 texts [K, B, L, D], text_masks [K, B, L], rng) -> latents [K, B, h, w, C]; every method is one
 lax.scan over turns, so a method compiles once whatever K.
 Presets (--methods): naive, anchor_wN, no_anchor_wN, mcie, mcie_anchor_wN, copy.
-`copy` is the do-nothing baseline: every turn returns the source (no model call). An edit method
+`copy` is the do-nothing baseline: every turn returns the source's latent (no model call), decoded
+by the same VAE as every method's, so its frames carry the VAE's loss too. An edit method
 that does not beat it inside the edit masks (edit_psnr) is not carrying out the instructions.
 """
 from __future__ import annotations

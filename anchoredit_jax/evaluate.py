@@ -11,8 +11,9 @@ methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
   naive         naive chaining: window 1, no anchor (each turn sees only the previous output)
   mcie          MCIE (training-free, mcie.py) with the previous frame only as memory
   mcie_anchor_wN  MCIE stacked on AnchorEdit's anchor + window-N memory
-  copy          do nothing: every turn returns the source (the floor for edit_psnr, the ceiling for
-                identity_psnr; a method that does not beat it in edit_psnr is not following instructions)
+  copy          do nothing: every turn returns the source's latent, decoded by the same VAE (the
+                floor for edit_psnr, the ceiling for identity_psnr; a method that does not beat it
+                in edit_psnr is not following instructions)
   (MCIE rows use MCIE's own sampler defaults: 8 FireFlow steps, the paper's; guidance as the others)
 --windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
 --sampler take comma lists: every value makes its own method (name suffix /sN, /sampler).
