@@ -8,6 +8,11 @@ After training: per-channel latent statistics are measured on training images an
 the checkpoint (they go into `vae_config.json` as latents_mean/std, as in Wan's config), held-out
 PSNR is printed and a figure of originals vs reconstructions is written.
 
+Fine-tuning: `--config.train.init_from=VAE_WORKDIR` starts from a trained VAE of the same shape;
+with `--config.train.trainable=decoder` only the decoder (and its post-quant conv) learns, so the
+latent space, and every DiT trained on it, stays valid (as Stability's ft-MSE decoders did); the
+latent statistics are then copied from `init_from`, not re-measured.
+
 Workdir layout: checkpoints/<step>/ (orbax, params only), vae_config.json, latent_stats.json,
 results.json, vae_recon.png. `load_trained_vae(workdir)` reads it back.
 """
@@ -77,19 +82,47 @@ def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
     return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
 
 
+DECODER_KEYS = ("decoder", "post_quant_conv")  # what `trainable="decoder"` trains: z -> pixels
+
+
+def trainable_keys(cfg: ml_collections.ConfigDict) -> tuple[str, ...] | None:
+    """Top-level param names that learn (None: all), from `train.trainable` ("all" | "decoder")."""
+    trainable = cfg.train.get("trainable", "all")
+    if trainable not in ("all", "decoder"):
+        raise ValueError(f"train.trainable must be 'all' or 'decoder', got {trainable!r}")
+    if trainable == "decoder" and not cfg.train.get("init_from", ""):
+        raise ValueError("train.trainable='decoder' needs train.init_from (a trained VAE workdir): "
+                         "a decoder for a random, frozen encoder is of no use")
+    return DECODER_KEYS if trainable == "decoder" else None
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
     t = cfg.train
     sched = optax.warmup_cosine_decay_schedule(
         0.0, t.lr, t.warmup_steps, max(t.num_steps, t.warmup_steps + 1), t.lr * t.end_lr_factor)
-    return optax.chain(optax.clip_by_global_norm(t.grad_clip),
-                       optax.adamw(sched, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
+    tx = optax.chain(optax.clip_by_global_norm(t.grad_clip),
+                     optax.adamw(sched, b1=0.9, b2=0.99, weight_decay=t.weight_decay))
+    keys = trainable_keys(cfg)
+    if keys is None:
+        return tx
+    # frozen params get zero updates (no weight decay either): they stay bit-identical
+    labels = lambda params: {"params": {k: jax.tree.map(lambda _: "train" if k in keys else "frozen", v)
+                                        for k, v in params["params"].items()}}
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def make_update_fn(model: vae_lib.WanVAE, tx: optax.GradientTransformation,
-                   loss_cfg: ml_collections.ConfigDict, lpips_fn=None):
-    """Returns jitted `update(state, images_u8 [B,H,W,3], rng) -> (state, metrics)` (state donated)."""
+                   loss_cfg: ml_collections.ConfigDict, lpips_fn=None, trainable=None):
+    """Returns jitted `update(state, images_u8 [B,H,W,3], rng) -> (state, metrics)` (state donated).
+
+    `trainable`: top-level param names that learn (None: all); the others are cut from the
+    gradient, so XLA drops their backward pass (pair it with `make_optimizer`'s zero updates).
+    """
 
     def loss_fn(params, x, rng):
+        if trainable is not None:
+            params = {"params": {k: v if k in trainable else jax.lax.stop_gradient(v)
+                                 for k, v in params["params"].items()}}
         recon, mean, logvar = model.apply(
             params, x, rng if loss_cfg.sample_posterior else None, clamp=False)
         l1 = jnp.mean(jnp.abs(recon - x))
@@ -203,6 +236,18 @@ def load_trained_vae(workdir: str) -> tuple[vae_lib.WanVAEConfig, dict, dict]:
     return config, params, stats
 
 
+def load_matching_params(workdir: str, vcfg: vae_lib.WanVAEConfig) -> dict:
+    """Params of the VAE in `workdir`, which must have `vcfg`'s architecture (one error otherwise)."""
+    config, params, _ = load_trained_vae(workdir)
+    shape = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if not k.startswith("latents_")}
+    theirs, ours = shape(config), shape(vcfg)
+    if theirs != ours:
+        diff = {k: (theirs.get(k), ours.get(k)) for k in theirs.keys() | ours.keys()
+                if theirs.get(k) != ours.get(k)}
+        raise ValueError(f"train.init_from={workdir!r} is a different VAE: (theirs, config's) {diff}")
+    return params
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +270,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(cfg)
     rng = jax.random.PRNGKey(cfg.seed)
     state = init_state(model, tx, cfg.seed)
+    keys = trainable_keys(cfg)
+    init_from = cfg.train.get("init_from", "")
+    if init_from:
+        state = state.replace(params=load_matching_params(init_from, vcfg))
+        state = state.replace(opt_state=tx.init(state.params))
+        print(f"initialised from {init_from}; training {'all' if keys is None else ', '.join(keys)}")
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     print(f"WanVAE {vcfg.base_dim=} {vcfg.dim_mult=} {vcfg.z_dim=}: {n_params / 1e6:.2f}M params")
 
@@ -239,7 +290,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # 3. update step, checkpointing
     lpips_fn = load_lpips(cfg.loss.lpips_net) if cfg.loss.lpips_weight > 0 else None
-    update = make_update_fn(model, tx, cfg.loss, lpips_fn)
+    update = make_update_fn(model, tx, cfg.loss, lpips_fn, keys)
     mngr = _manager(workdir, cfg.train.max_to_keep)
 
     # 4. loop
@@ -261,7 +312,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # 5. latent statistics (stored with the checkpoint, like Wan's latents_mean/std)
     encode_mean, reconstruct = make_eval_fns(model)
     e = cfg.eval
-    stats = latent_statistics(encode_mean, state.params, train[:e.stats_images], e.batch_size)
+    if keys is not None and "encoder" not in keys:  # frozen encoder: the latent space is init_from's
+        _, _, stats = load_trained_vae(init_from)
+    else:
+        stats = latent_statistics(encode_mean, state.params, train[:e.stats_images], e.batch_size)
     vcfg = dataclasses.replace(vcfg, latents_mean=tuple(stats["mean"]),
                                latents_std=tuple(stats["std"]))
     with open(os.path.join(workdir, "vae_config.json"), "w") as f:
@@ -275,7 +329,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     result = dict(heldout_psnr_db=float(per_image.mean()), heldout_images=int(len(heldout)),
                   train_psnr_last_batch=float(metrics["psnr"]), steps=cfg.train.num_steps,
                   train_seconds=round(train_s, 1), total_seconds=round(time.time() - t_start, 1),
-                  params_millions=round(n_params / 1e6, 3))
+                  params_millions=round(n_params / 1e6, 3), init_from=init_from,
+                  trainable=cfg.train.get("trainable", "all"))
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(result, f, indent=1)
     # one frame per held-out sequence, so the figure shows different scenes

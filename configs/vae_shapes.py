@@ -61,6 +61,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         log_every=50,
         ckpt_every=1000,
         max_to_keep=2,
+        init_from="",      # a trained VAE workdir of the same shape to start from
+        trainable="all",   # "all" | "decoder": decoder only keeps init_from's latent space
     ))
 
     c.eval = ml_collections.ConfigDict(dict(

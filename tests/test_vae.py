@@ -177,3 +177,39 @@ def test_train_and_evaluate_smoke(tmp_path, monkeypatch):
     x = jnp.zeros((1, 32, 32, 3))
     mean, _ = vae.WanVAE(config).apply(params, x, method=vae.WanVAE.encode)
     assert mean.shape == (1, 16, 16, config.z_dim)
+
+
+def test_decoder_finetune_keeps_latent_space(tmp_path, monkeypatch):
+    """trainable=decoder from a trained VAE: encoder and latent stats bit-identical, decoder learns."""
+    def fake_images(num_sequences, num_turns, resolution, split, first_seed=0, desc=""):
+        rs = np.random.RandomState(0 if split == "train" else 1)
+        n = num_sequences * (1 + num_turns)
+        return np.kron(rs.randint(0, 256, (n, 4, 4, 3)),
+                       np.ones((1, resolution // 4, resolution // 4, 1))).astype(np.uint8)
+    monkeypatch.setattr(train_vae, "shapes_images", fake_images)
+    cfg = _load_config("smoke")
+    cfg.model.dim_mult, cfg.model.temperal_downsample = (1, 2), (False,)
+    cfg.data.resolution, cfg.loss.lpips_weight = 32, 0.0
+    train_vae.train_and_evaluate(cfg, str(tmp_path / "base"))
+    _, base, base_stats = train_vae.load_trained_vae(str(tmp_path / "base"))
+
+    cfg.train.trainable = "decoder"
+    with pytest.raises(ValueError, match="needs train.init_from"):
+        train_vae.make_optimizer(cfg)
+    cfg.train.init_from = str(tmp_path / "base")
+    cfg.seed = 1  # a different init and data order, to show the weights come from init_from
+    train_vae.train_and_evaluate(cfg, str(tmp_path / "ft"))
+    _, ft, ft_stats = train_vae.load_trained_vae(str(tmp_path / "ft"))
+    for k in ("encoder", "quant_conv"):
+        jax.tree.map(np.testing.assert_array_equal, base["params"][k], ft["params"][k])
+    assert ft_stats == base_stats
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                         base["params"]["decoder"], ft["params"]["decoder"]))
+    assert max(moved) > 0
+
+    cfg.model.base_dim = 16  # another architecture: refused by name
+    with pytest.raises(ValueError, match="different VAE.*base_dim"):
+        train_vae.train_and_evaluate(cfg, str(tmp_path / "bad"))
+    cfg.model.base_dim, cfg.train.trainable = 8, "encoder"
+    with pytest.raises(ValueError, match="'all' or 'decoder'"):
+        train_vae.make_optimizer(cfg)
