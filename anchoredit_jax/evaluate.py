@@ -192,9 +192,12 @@ class Loaded:
     info: dict
 
 
-def load_checkpoint(path: str, weights: str) -> Loaded:
+def load_checkpoint(path: str, weights: str, vae: str = "") -> Loaded:
+    """`vae`: a VAE workdir in place of the run config's vae.workdir (e.g. a decoder fine-tune)."""
     config, mcfg, params, info = edit_cli.load_checkpoint(path, weights)
     edit_cli.check_params(mcfg, params, f"--checkpoint {path}")
+    if vae:
+        config.vae.workdir = vae
     try:
         enc, frozen = encoders.load_encoders(config)
     except Exception as e:  # noqa: BLE001 - many failure types; one line for the user
@@ -265,7 +268,7 @@ def run(args) -> dict:
         raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
     method_grid(args)  # bad method names and lists fail before the slow loading
     edit_cli.check_out_dir(args.out, args.overwrite)
-    loaded = {name: load_checkpoint(path, w) for name, path, w in specs}
+    loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
     methods = make_methods(args, {name: ld.val for name, ld in loaded.items()})
     res = {ld.resolution for ld in loaded.values()}
     if len(res) > 1:
@@ -412,6 +415,7 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", action="append", required=True, help="[NAME=]WORKDIR[@WEIGHTS], repeatable")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"), help="default for checkpoints")
+    ap.add_argument("--vae", default="", help="a VAE workdir for every checkpoint, in place of its vae.workdir")
     ap.add_argument("--methods", default="anchor_w4,naive", help="comma-separated presets (see above)")
     ap.add_argument("--windows", default="", help="e.g. 1,2,4: adds anchor_wN (and no_anchor_wN with --no-anchor)")
     ap.add_argument("--no-anchor", action="store_true", help="with --windows: also the no-anchor variants")

@@ -13,8 +13,8 @@ image as the only memory, so nothing here is multi-turn drift. Two tables:
    another pair's instruction and the null one: how much the instruction helps the prediction.
 
 `--sheet PATH` also writes the pictures behind table 1: for each edit type, `--per-type` pairs as
-source (captioned with the instruction), target and the model's output at each guidance, one row
-per type.
+source (captioned with the instruction), target, the VAE's reconstruction of the target (the best
+any model on this VAE can draw) and the model's output at each guidance, one row per type.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
+    ap.add_argument("--vae", default="", help="a VAE workdir in place of the run's vae.workdir")
     ap.add_argument("--guidance", default="1,3", help="comma-separated CFG scales")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--shift", type=float, default=None, help="timestep shift (default: the run's val.sample_shift)")
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--per-type", type=int, default=3, help="pairs per edit type on --sheet")
     args = ap.parse_args(argv)
 
-    ld = evaluate.load_checkpoint(args.checkpoint, args.weights)
+    ld = evaluate.load_checkpoint(args.checkpoint, args.weights, args.vae)
     n = args.num_pairs
     seqs = [generate_pair(i, i % 4, ld.resolution, split=args.split, noop_prob=0.0) for i in range(n)]
     src = to_float(np.stack([s.source for s in seqs]))
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
         for k in kinds:
             sheet.append([cell for i in np.flatnonzero(types == k)[:args.per_type] for cell in
                           [(to_uint8(src[i]), f"{k}: {seqs[i].instructions[0]}"), (to_uint8(tgt[i]), "target")]
-                          + [(to_uint8(img[i]), name) for name, img in rows.items() if name.startswith("model")]])
+                          + [(to_uint8(img[i]), name) for name, img in rows.items() if name != "copy source"]])
         print(f"contact sheet: {save_contact_sheet(sheet, args.sheet)}")
 
     lmask = ld.enc.latent_mask(mask)

@@ -273,3 +273,11 @@ def test_cli_protocol_ground_truth_scores_perfect_output():
     assert np.allclose(m["psnr"][0], eval_metrics.PSNR_CAP)
     assert np.allclose(m["identity_psnr"][0], eval_metrics.PSNR_CAP) and m["identity_psnr"][1].all()
     np.testing.assert_allclose(m["source_psnr"][0][1::2], eval_metrics.PSNR_CAP)  # removes return the source
+
+
+def test_vae_override_replaces_the_runs_vae(ckpt, tmp_path):
+    """--vae (a decoder fine-tune, say) is the VAE every checkpoint loads; its errors name it."""
+    missing = str(tmp_path / "no_such_vae")
+    with pytest.raises(evaluate.EvalError, match="no_such_vae"):
+        evaluate.load_checkpoint(ckpt, "params", missing)
+    evaluate.load_checkpoint(ckpt, "params", "random")  # the test run's own VAE, named explicitly: loads
