@@ -6,6 +6,8 @@ Layout (every tool that takes --checkpoint reads it, through checkpointing.load_
   config.json   the run's experiment config, vae.workdir rewritten to "vae" (inside the release)
   dit/          the DiT params (orbax), the chosen weights only (no optimiser state)
   vae/          the train_vae workdir's latest checkpoint + vae_config.json + latent_stats.json
+                (--vae DIR: a decoder fine-tune of the run's VAE instead; its encoder and latent
+                statistics must be the run's, bit for bit, so the DiT's latent space is unchanged)
   release.json  where it came from: source workdir, weights, step, date, sizes
 The output folder must not exist (nothing is overwritten).
 """
@@ -31,14 +33,37 @@ def is_release(path: str) -> bool:
     return os.path.isdir(os.path.join(path, DIT)) and os.path.exists(os.path.join(path, "config.json"))
 
 
-def export(workdir: str, out: str, *, which: str = "ema") -> dict:
-    """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict."""
+ENCODER_KEYS = ("encoder", "quant_conv")  # pixels -> latents: what the DiT was trained on
+
+
+def check_same_latent_space(run_vae: str, other: str) -> None:
+    """Raises ValueError unless train_vae workdir `other` encodes exactly as `run_vae` does."""
+    from anchoredit_jax import train_vae  # absl flags are defined only when run as a program
+
+    (_, ours, our_stats), (_, theirs, their_stats) = map(train_vae.load_trained_vae, (run_vae, other))
+    same = [k for k in ENCODER_KEYS if k in ours["params"] and k in theirs["params"] and all(
+        jax.tree.leaves(jax.tree.map(np.array_equal, ours["params"][k], theirs["params"][k])))]
+    if len(same) < len(ENCODER_KEYS) or (our_stats["mean"], our_stats["std"]) != (their_stats["mean"], their_stats["std"]):
+        raise ValueError(f"--vae {other}: its encoder or latent statistics differ from the run's VAE ({run_vae}); "
+                         "only a decoder fine-tune of that VAE (train_vae --config.train.trainable=decoder) fits")
+
+
+def export(workdir: str, out: str, *, which: str = "ema", vae: str = "") -> dict:
+    """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict.
+
+    `vae`: a train_vae workdir to ship in place of the run's VAE (checked: same latent space)."""
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists; a release is written to a new folder (nothing is overwritten)")
     config, _, params = checkpointing.load_trained(workdir, which=which)
     vae_dir = config.vae.workdir
-    if vae_dir != "random" and not os.path.exists(os.path.join(vae_dir, "latent_stats.json")):
-        raise ValueError(f"{workdir}: its VAE ({vae_dir!r}) is not a train_vae workdir (or 'random' for tests)")
+    for d in [vae_dir] + ([vae] if vae else []):
+        if d != "random" and not os.path.exists(os.path.join(d, "latent_stats.json")):
+            raise ValueError(f"{workdir}: VAE {d!r} is not a train_vae workdir (or 'random' for tests)")
+    if vae:
+        if vae_dir == "random":
+            raise ValueError(f"--vae: {workdir} was trained with a random VAE; nothing to check {vae} against")
+        check_same_latent_space(vae_dir, vae)
+        vae_dir = vae
     tmp = out + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -85,9 +110,10 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", required=True, help="training or distillation workdir")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--out", required=True, help="new folder")
+    ap.add_argument("--vae", default="", help="ship this decoder fine-tune of the run's VAE instead of it")
     args = ap.parse_args(argv)
     try:
-        info = export(args.checkpoint, args.out, which=args.weights)
+        info = export(args.checkpoint, args.out, which=args.weights, vae=args.vae)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -73,3 +73,51 @@ def test_init_from_a_release_loads_its_weights(workdir, tmp_path):
     fresh = nn.unbox(init_params(mcfg, jax.random.key(1)))
     got = train_lib.load_init_params(out, fresh, (), None)
     chex.assert_trees_all_equal(ema, got)
+
+
+def _vae_workdir(path, cfg, params, stats):
+    """A train_vae workdir (layout of anchoredit_jax.train_vae) holding `params`."""
+    import orbax.checkpoint as ocp
+    os.makedirs(path)
+    with open(os.path.join(path, "vae_config.json"), "w") as f:
+        json.dump(cfg.to_diffusers(), f)
+    with open(os.path.join(path, "latent_stats.json"), "w") as f:
+        json.dump(stats, f)
+    with ocp.CheckpointManager(os.path.join(path, "checkpoints")) as m:
+        m.save(1, args=ocp.args.StandardSave(params))
+
+
+def test_release_ships_a_decoder_finetune_only_if_the_encoder_is_the_runs(workdir, tmp_path):
+    """--vae: a VAE with the run's encoder and stats replaces it; any other one is refused by name."""
+    import shutil
+
+    from anchoredit_jax import train_vae
+    from anchoredit_jax import vae as vae_lib
+    stats = {"mean": [0.0] * 16, "std": [1.0] * 16, "num_images": 1}
+    cfg = vae_lib.WanVAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2), num_res_blocks=1, attn_scales=(),
+                               temperal_downsample=(False,), latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
+    a = vae_lib.init_params(cfg, 0)
+    b = jax.tree.map(lambda x: x, a)
+    b["params"]["decoder"] = vae_lib.init_params(cfg, 1)["params"]["decoder"]  # a "fine-tuned" decoder
+    c = vae_lib.init_params(cfg, 2)  # another encoder
+    for name, p in (("vae_a", a), ("vae_b", b), ("vae_c", c)):
+        _vae_workdir(str(tmp_path / name), cfg, p, stats)
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    config["vae"]["workdir"] = str(tmp_path / "vae_a")
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(config, f)
+
+    out = str(tmp_path / "rel")
+    assert release.main(["--checkpoint", run, "--out", out, "--vae", str(tmp_path / "vae_b")]) == 0
+    _, shipped, _ = train_vae.load_trained_vae(os.path.join(out, "vae"))
+    chex.assert_trees_all_equal(shipped, b)
+    with open(os.path.join(out, "release.json")) as f:
+        assert json.load(f)["vae_source"] == str(tmp_path / "vae_b")
+    with pytest.raises(ValueError, match="vae_c: its encoder or latent statistics differ"):
+        release.export(run, str(tmp_path / "rel_c"), vae=str(tmp_path / "vae_c"))
+    assert not os.path.exists(tmp_path / "rel_c") and not os.path.exists(str(tmp_path / "rel_c") + ".partial")
+    with pytest.raises(ValueError, match="random VAE"):
+        release.export(workdir, str(tmp_path / "rel_d"), vae=str(tmp_path / "vae_b"))
