@@ -156,14 +156,17 @@ def test_train_update_step_decreases_loss():
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
 
 
+def _fake_images(num_sequences, num_turns, resolution, split, first_seed=0, desc=""):
+    """Stand-in for train_vae.shapes_images: blocky random frames, a fixed set per split."""
+    rs = np.random.RandomState(0 if split == "train" else 1)
+    n = num_sequences * (1 + num_turns)
+    return np.kron(rs.randint(0, 256, (n, 4, 4, 3)),
+                   np.ones((1, resolution // 4, resolution // 4, 1))).astype(np.uint8)
+
+
 def test_train_and_evaluate_smoke(tmp_path, monkeypatch):
     """End to end at toy size with stand-in data: checkpoint, latent stats, figure, reload."""
-    def fake_images(num_sequences, num_turns, resolution, split, first_seed=0, desc=""):
-        rs = np.random.RandomState(0 if split == "train" else 1)
-        n = num_sequences * (1 + num_turns)
-        return np.kron(rs.randint(0, 256, (n, 4, 4, 3)),
-                       np.ones((1, resolution // 4, resolution // 4, 1))).astype(np.uint8)
-    monkeypatch.setattr(train_vae, "shapes_images", fake_images)
+    monkeypatch.setattr(train_vae, "shapes_images", _fake_images)
     cfg = _load_config("smoke")
     # smallest shapes that still run every stage (LPIPS is covered by the update-step test)
     cfg.model.dim_mult, cfg.model.temperal_downsample = (1, 2), (False,)
@@ -181,12 +184,7 @@ def test_train_and_evaluate_smoke(tmp_path, monkeypatch):
 
 def test_decoder_finetune_keeps_latent_space(tmp_path, monkeypatch):
     """trainable=decoder from a trained VAE: encoder and latent stats bit-identical, decoder learns."""
-    def fake_images(num_sequences, num_turns, resolution, split, first_seed=0, desc=""):
-        rs = np.random.RandomState(0 if split == "train" else 1)
-        n = num_sequences * (1 + num_turns)
-        return np.kron(rs.randint(0, 256, (n, 4, 4, 3)),
-                       np.ones((1, resolution // 4, resolution // 4, 1))).astype(np.uint8)
-    monkeypatch.setattr(train_vae, "shapes_images", fake_images)
+    monkeypatch.setattr(train_vae, "shapes_images", _fake_images)
     cfg = _load_config("smoke")
     cfg.model.dim_mult, cfg.model.temperal_downsample = (1, 2), (False,)
     cfg.data.resolution, cfg.loss.lpips_weight = 32, 0.0
