@@ -1,7 +1,8 @@
 #!/bin/bash
 # The evaluation runs behind README's results tables (run from the repo root after the training commands).
 set -ex  # stop at the first failing evaluation
-E="python -m anchoredit_jax.evaluate --overwrite"  # replaces only its own files in out/eval_*
+VAE=${VAE:-runs/vae_shapes_ft}  # the decoder fine-tune of the runs' VAE (same encoder, same latents) that is shipped
+E="python -m anchoredit_jax.evaluate --overwrite --vae $VAE"  # replaces only its own files in out/eval_*
 R1=${R1:-runs/stage1_mix3k}; R2=${R2:-runs/stage2_mix3k}; R3=${R3:-runs/stage3_mix3k}  # the shipped lineage of README's training commands
 S1=stage1=$R1; S2=stage2=$R2; S3=stage3=$R3
 time $E --checkpoint teacher=$R2 --checkpoint distilled=$R3 --methods anchor_w4 --steps 4,20 --turns 10 --num-sequences 8 --batch-size 1 --out out/eval_distill
