@@ -2,6 +2,10 @@
 
     python -m anchoredit_jax.train_vae --config configs/vae_shapes.py --workdir /tmp/vae_shapes
     python -m anchoredit_jax.train_vae --config configs/vae_shapes.py:smoke --workdir /tmp/vae_smoke
+    # the shipped decoder: fine-tune only the decoder of a trained one (latent space unchanged)
+    python -m anchoredit_jax.train_vae --config configs/vae_shapes.py --workdir runs/vae_shapes_ft \
+        --config.train.init_from=runs/vae_shapes --config.train.trainable=decoder \
+        --config.train.num_steps=3000 --config.train.lr=1e-3 --config.seed=1
 
 The architecture is exactly the Wan2.1 VAE code path (`anchoredit_jax.vae.WanVAE`), only narrower.
 """
