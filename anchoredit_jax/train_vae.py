@@ -238,6 +238,8 @@ def load_trained_vae(workdir: str) -> tuple[vae_lib.WanVAEConfig, dict, dict]:
 
 def load_matching_params(workdir: str, vcfg: vae_lib.WanVAEConfig) -> dict:
     """Params of the VAE in `workdir`, which must have `vcfg`'s architecture (one error otherwise)."""
+    if not os.path.exists(os.path.join(workdir, "vae_config.json")):
+        raise FileNotFoundError(f"train.init_from={workdir!r} is not a train_vae workdir (no vae_config.json)")
     config, params, _ = load_trained_vae(workdir)
     shape = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if not k.startswith("latents_")}
     theirs, ours = shape(config), shape(vcfg)
@@ -348,7 +350,11 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:  # bad config or init_from: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

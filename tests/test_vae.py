@@ -211,3 +211,14 @@ def test_decoder_finetune_keeps_latent_space(tmp_path, monkeypatch):
     cfg.model.base_dim, cfg.train.trainable = 8, "encoder"
     with pytest.raises(ValueError, match="'all' or 'decoder'"):
         train_vae.make_optimizer(cfg)
+
+
+def test_cli_bad_init_from_is_one_line(tmp_path):
+    """A missing init_from stops train_vae with one line naming it, before any data is made."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "anchoredit_jax.train_vae", "--config",
+                        os.path.join(REPO, "configs/vae_shapes.py:smoke"), "--workdir", str(tmp_path / "wd"),
+                        f"--config.train.init_from={tmp_path / 'none'}"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: train.init_from=") and "Traceback" not in r.stderr
