@@ -236,18 +236,18 @@ def load_trained_vae(workdir: str) -> tuple[vae_lib.WanVAEConfig, dict, dict]:
     return config, params, stats
 
 
-def load_matching_params(workdir: str, vcfg: vae_lib.WanVAEConfig) -> dict:
-    """Params of the VAE in `workdir`, which must have `vcfg`'s architecture (one error otherwise)."""
+def load_matching_vae(workdir: str, vcfg: vae_lib.WanVAEConfig) -> tuple[dict, dict]:
+    """(params, latent stats) of the VAE in `workdir`, which must have `vcfg`'s architecture."""
     if not os.path.exists(os.path.join(workdir, "vae_config.json")):
         raise FileNotFoundError(f"train.init_from={workdir!r} is not a train_vae workdir (no vae_config.json)")
-    config, params, _ = load_trained_vae(workdir)
+    config, params, stats = load_trained_vae(workdir)
     shape = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if not k.startswith("latents_")}
     theirs, ours = shape(config), shape(vcfg)
     if theirs != ours:
         diff = {k: (theirs.get(k), ours.get(k)) for k in theirs.keys() | ours.keys()
                 if theirs.get(k) != ours.get(k)}
         raise ValueError(f"train.init_from={workdir!r} is a different VAE: (theirs, config's) {diff}")
-    return params
+    return params, stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,9 +273,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.PRNGKey(cfg.seed)
     state = init_state(model, tx, cfg.seed)
     keys = trainable_keys(cfg)
-    init_from = cfg.train.get("init_from", "")
+    init_from, init_stats = cfg.train.get("init_from", ""), None
     if init_from:
-        state = state.replace(params=load_matching_params(init_from, vcfg))
+        params, init_stats = load_matching_vae(init_from, vcfg)
+        state = state.replace(params=params)
         state = state.replace(opt_state=tx.init(state.params))
         print(f"initialised from {init_from}; training {'all' if keys is None else ', '.join(keys)}")
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
@@ -315,7 +316,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     encode_mean, reconstruct = make_eval_fns(model)
     e = cfg.eval
     if keys is not None and "encoder" not in keys:  # frozen encoder: the latent space is init_from's
-        _, _, stats = load_trained_vae(init_from)
+        stats = init_stats
     else:
         stats = latent_statistics(encode_mean, state.params, train[:e.stats_images], e.batch_size)
     vcfg = dataclasses.replace(vcfg, latents_mean=tuple(stats["mean"]),

@@ -39,6 +39,14 @@ def masked_psnr(x, y, mask):
     return np.where(np.asarray(count) > 0, np.asarray(psnr), np.nan)
 
 
+def heldout_pairs(n: int, resolution, split: str):
+    """The n held-out one-turn pairs both per-type benchmarks score (no no-ops): -> (pairs,
+    source u8 [n, H, W, 3], target u8 [n, H, W, 3], mask [n, H, W], edit type [n])."""
+    seqs = [generate_pair(i, i % 4, resolution, split=split, noop_prob=0.0) for i in range(n)]
+    return (seqs, np.stack([s.source for s in seqs]), np.stack([s.targets[0] for s in seqs]),
+            np.stack([s.masks[0] for s in seqs]), np.array([s.edit_types[0] for s in seqs]))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -56,11 +64,8 @@ def main(argv=None) -> None:
 
     ld = evaluate.load_checkpoint(args.checkpoint, args.weights, args.vae)
     n = args.num_pairs
-    seqs = [generate_pair(i, i % 4, ld.resolution, split=args.split, noop_prob=0.0) for i in range(n)]
-    src = to_float(np.stack([s.source for s in seqs]))
-    tgt = to_float(np.stack([s.targets[0] for s in seqs]))
-    mask = np.stack([s.masks[0] for s in seqs])
-    types = np.array([s.edit_types[0] for s in seqs])
+    seqs, src_u8, tgt_u8, mask, types = heldout_pairs(n, ld.resolution, args.split)
+    src, tgt = to_float(src_u8), to_float(tgt_u8)
     text, tmask = evaluate.embed_instructions(ld, [[s.instructions[0]] for s in seqs])
     text, tmask = text[:, 0], tmask[:, 0]
     enc, dec = jax.jit(ld.enc.encode_images), jax.jit(ld.enc.decode_latents)

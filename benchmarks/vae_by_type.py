@@ -26,10 +26,9 @@ from anchoredit_jax import train_vae  # noqa: E402
 from anchoredit_jax import vae as vae_lib  # noqa: E402
 from anchoredit_jax.data.contact_sheet import save_contact_sheet  # noqa: E402
 from anchoredit_jax.data.images import to_float, to_uint8  # noqa: E402
-from anchoredit_jax.data.shapes_edit import generate_pair  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from edit_by_type import masked_psnr  # noqa: E402
+from edit_by_type import heldout_pairs, masked_psnr  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -44,11 +43,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     n = args.num_pairs
-    seqs = [generate_pair(i, i % 4, args.resolution, split=args.split, noop_prob=0.0) for i in range(n)]
-    src_u8, tgt_u8 = np.stack([s.source for s in seqs]), np.stack([s.targets[0] for s in seqs])
+    seqs, src_u8, tgt_u8, mask, types = heldout_pairs(n, args.resolution, args.split)
     src, tgt = to_float(src_u8), to_float(tgt_u8)
-    mask = np.stack([s.masks[0] for s in seqs])
-    types = np.array([s.edit_types[0] for s in seqs])
     rows = {"copy source": np.asarray(src)}
     for spec in args.vae:
         name, _, path = spec.rpartition("=")
