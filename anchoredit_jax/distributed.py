@@ -13,12 +13,17 @@ from absl import logging
 
 
 def _cluster_detected() -> bool:
-    if os.environ.get("ANCHOREDIT_DISTRIBUTED") == "1":  # explicit opt-in (launch/tpu_pod.sh sets it)
-        return True
+    flag = os.environ.get("ANCHOREDIT_DISTRIBUTED")
+    if flag in ("0", "1"):  # explicit opt-in (launch/tpu_pod.sh sets it) or opt-out
+        return flag == "1"
     try:  # jax's own detectors (Cloud TPU VMs read their worker list from the metadata server)
         from jax._src import clusters
 
         for env in clusters.ClusterEnv._cluster_types:
+            # Opt-in-only detectors (Mpi4pyCluster: "mpi4py is importable") say nothing about this job,
+            # and jax.distributed.initialize() without arguments would not use them either.
+            if getattr(env, "opt_in_only_method", False):
+                continue
             if env.__name__ not in ("SlurmCluster", "OmpiCluster") and env.is_env_present():
                 return True
     except Exception:  # noqa: BLE001  (private API; fall back to the environment checks below)
