@@ -131,11 +131,15 @@ def latest_step(root: str) -> int:
     return steps[-1]
 
 
+def on_one_device(tree):
+    """Shape/dtype tree -> restore target on this process's first device. Without a sharding orbax
+    reuses the saved one and refuses checkpoints from another topology (CPU-saved, GPU-loaded)."""
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), tree)
+
+
 def restore_on_one_device(path: str):
     """An orbax item restored onto one device, whatever topology saved it (an 8-GPU run edited on a laptop)."""
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.StandardCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
-                              getattr(meta, "item_metadata", meta))
-        return ckptr.restore(path, target)
+        return ckptr.restore(path, on_one_device(getattr(meta, "item_metadata", meta)))

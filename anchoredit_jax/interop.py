@@ -27,6 +27,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.flax import save_file
 
+from anchoredit_jax.checkpointing import on_one_device
 from anchoredit_jax.model import DiTConfig, WanDiT, abstract_params
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -434,7 +435,7 @@ def load_jax_params(path: str, **config_overrides):
         raise FileNotFoundError(f"{path} is not an anchoredit_jax params folder (config.json + params/)")
     with open(cfg_file) as f:
         config = dataclasses.replace(DiTConfig.from_dict(json.load(f)), **config_overrides).validate()
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nn.unbox(abstract_params(config)))
+    target = on_one_device(nn.unbox(abstract_params(config)))
     with ocp.StandardCheckpointer() as ckptr:
         try:
             params = ckptr.restore(os.path.join(path, "params"), target)

@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from anchoredit_jax import config_lib
+from anchoredit_jax import checkpointing, config_lib
 from anchoredit_jax import vae as vae_lib
 from anchoredit_jax.data import images as pixels
 
@@ -231,7 +231,7 @@ def load_trained_vae(workdir: str) -> tuple[vae_lib.WanVAEConfig, dict, dict]:
     step = mngr.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {workdir}/checkpoints")
-    abstract = vae_lib.param_shapes(config)
+    abstract = checkpointing.on_one_device(vae_lib.param_shapes(config))
     params = mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     return config, params, stats
 
