@@ -113,7 +113,7 @@ class TextEmbeddingCache:
 
     ShapesEdit (and real edit data) repeats instructions, and the frozen encoder costs more FLOPs
     per token than a small DiT, so training embeds each unique instruction once. Bounded: the
-    oldest entries are dropped past `max_entries`.
+    least recently used entries are dropped past `max_entries`, after the batch has been served.
     """
 
     def __init__(self, enc: Encoders, frozen: FrozenParams, max_entries: int = 50_000):
@@ -127,6 +127,9 @@ class TextEmbeddingCache:
         lead, L = ids.shape[:-1], ids.shape[-1]
         ids2, mask2 = ids.reshape(-1, L), mask.reshape(-1, L)
         keys = [i.tobytes() + m.astype(np.int8).tobytes() for i, m in zip(ids2, mask2)]
+        for k in keys:  # hits become the most recently used (dicts keep insertion order)
+            if k in self._cache:
+                self._cache[k] = self._cache.pop(k)
         todo = sorted({k: j for j, k in enumerate(keys) if k not in self._cache}.items(), key=lambda kv: kv[1])
         if todo:
             rows = [j for _, j in todo]
@@ -136,8 +139,8 @@ class TextEmbeddingCache:
             for (k, _), e, mm in zip(todo, emb, m):
                 self._cache[k] = (e, mm)
             self.misses += len(rows)
-            while len(self._cache) > self.max_entries:
-                self._cache.pop(next(iter(self._cache)))
         emb = np.stack([self._cache[k][0] for k in keys])
         m = np.stack([self._cache[k][1] for k in keys])
+        while len(self._cache) > self.max_entries:  # only now: this batch's rows may be among the oldest
+            self._cache.pop(next(iter(self._cache)))
         return emb.reshape(lead + emb.shape[1:]), m.reshape(lead + m.shape[1:])
