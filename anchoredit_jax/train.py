@@ -194,6 +194,15 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     metrics with "val_loss" (the best checkpoint keeps state.params by it).
     """
     total_steps = config.num_steps
+    # Data echoing (Choi et al. 2019): `echo` steps per batch when the input pipeline, not the
+    # accelerator, sets the pace. Saves and preemption land on batch boundaries so resume stays exact.
+    echo = int(config.data.get("echo", 1))
+    if echo < 1 or config.checkpoint.every % echo:
+        raise ValueError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
+                         f"{config.checkpoint.every}")
+    if start % echo and start < total_steps:
+        raise ValueError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
+                         "resume with the echo the run was saved with")
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
@@ -204,7 +213,9 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     t0, s0 = time.perf_counter(), start
     try:
         for step in range(start, total_steps):
-            state, m = step_fn(state, next_batch())
+            if step % echo == 0:
+                batch = next_batch()
+            state, m = step_fn(state, batch)
             bar.update(1)
             done = step + 1
             if done == config.debug.get("sigterm_at_step", -1):  # test hook: preemption on a given step
@@ -240,7 +251,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
             if done % config.checkpoint.every == 0 or done == total_steps:
                 checkpointing.save(manager, done, state, data_iter)
                 saved = done
-            if preempt.should_stop(done):
+            if done % echo == 0 and preempt.should_stop(done):
                 logging.warning("SIGTERM: saving step %d and exiting", done)
                 if saved != done:  # the regular save may have just written this step
                     checkpointing.save(manager, done, state, data_iter, force=True)

@@ -43,6 +43,7 @@ def get_config(arg: str = ""):
         kind="shapes_edit", split="train", num_sequences=200_000, num_turns=4, resolution=64,
         noop_prob=0.0,  # no-op pairs come from stage1.noop_prob instead, so their share is exact
         first_turn_only=False, worker_count=0, path="",
+        echo=1,  # optimizer steps per loaded batch (fresh noise and timesteps each): for input-bound runs
         # how often each edit type is drawn (training data only; validation and evaluation keep the
         # defaults), e.g. --config.data.edit_weights.add=3.0
         edit_weights=dict(shapes_edit.DEFAULT_EDIT_WEIGHTS)))

@@ -36,7 +36,7 @@ def get_config():
 
     c.data = ml_collections.ConfigDict(dict(
         kind="jsonl", path="", split="train", num_sequences=0, num_turns=5, resolution=512, noop_prob=0.0,
-        first_turn_only=False, worker_count=8))
+        first_turn_only=False, worker_count=8, echo=1))
     c.text = ml_collections.ConfigDict(dict(max_length=64, cache_entries=200_000))
     c.vae = ml_collections.ConfigDict(dict(workdir="", model={}))  # the diffusers AutoencoderKLWan folder
 

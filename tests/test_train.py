@@ -197,3 +197,31 @@ def test_sigterm_on_a_checkpoint_step_saves_once(tmp_path):
     train_lib.train(cfg, str(tmp_path))
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert steps == [2, 4]
+
+
+def test_data_echo_reuses_batches_and_resumes_exactly(tmp_path, monkeypatch):
+    """echo=2: one loaded batch per 2 steps; SIGTERM mid-pair saves at the pair's end; resume is exact."""
+    loads = []
+    real = train_lib.text_batches
+
+    def counting(*args, **kw):
+        next_batch = real(*args, **kw)
+        return lambda: (loads.append(1), next_batch())[1]
+
+    monkeypatch.setattr(train_lib, "text_batches", counting)
+    common = {"data.echo": 2, "checkpoint.every": 2, "checkpoint.async_save": False, "mesh.num_devices": 1}
+    train_lib.train(_config(num_steps=8, **common), str(tmp_path / "full"))
+    assert len(loads) == 4
+    loads.clear()
+    train_lib.train(_config(num_steps=8, **common, **{"debug.sigterm_at_step": 3}), str(tmp_path / "cut"))
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "cut" / "checkpoints") if s.isdigit())
+    assert steps == [2, 4] and len(loads) == 2  # stopped at the end of the second batch, not at step 3
+    train_lib.train(_config(num_steps=8, **common), str(tmp_path / "cut"))
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "cut")
+    assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]
+    assert a[1] != a[2]  # the second step of a batch draws new noise and timesteps
+
+
+def test_data_echo_must_divide_the_checkpoint_interval(tmp_path):
+    with pytest.raises(ValueError, match="echo=3 must be >= 1 and divide config.checkpoint.every=2"):
+        train_lib.train(_config(num_steps=4, **{"data.echo": 3, "checkpoint.every": 2}), str(tmp_path))
