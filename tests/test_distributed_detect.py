@@ -5,7 +5,9 @@ from jax._src import clusters
 from anchoredit_jax import distributed
 
 
-class _OptInOnly(clusters.ClusterEnv):
+# Plain classes, not ClusterEnv subclasses: subclassing registers them in jax's global detector list
+# for every later test in the session.
+class _OptInOnly:
     """Like Mpi4pyCluster on a machine where mpi4py is merely installed."""
     opt_in_only_method = True
 
@@ -14,7 +16,7 @@ class _OptInOnly(clusters.ClusterEnv):
         return True
 
 
-class _Present(clusters.ClusterEnv):
+class _Present:
     @classmethod
     def is_env_present(cls) -> bool:
         return True
@@ -22,6 +24,8 @@ class _Present(clusters.ClusterEnv):
 
 @pytest.fixture
 def only(monkeypatch):
+    assert not {_OptInOnly, _Present} & set(clusters.ClusterEnv._cluster_types)
+
     def set_types(*types):
         monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", list(types))
     monkeypatch.delenv("ANCHOREDIT_DISTRIBUTED", raising=False)
