@@ -8,7 +8,9 @@ Layout (every tool that takes --checkpoint reads it, through checkpointing.load_
   vae/          the train_vae workdir's latest checkpoint + vae_config.json + latent_stats.json
                 (--vae DIR: a decoder fine-tune of the run's VAE instead; its encoder and latent
                 statistics must be the run's, bit for bit, so the DiT's latent space is unchanged)
-  release.json  where it came from: source workdir, weights, step, date, sizes
+  release.json  where it came from: source workdir, weights, step, date, sizes, stored dtype
+--dtype bfloat16 stores the DiT's floating-point weights in half the bytes (rounded once); `load`
+widens them back to float32, the dtype every tool computes and trains in.
 The output folder must not exist (nothing is overwritten).
 """
 from __future__ import annotations
@@ -21,12 +23,19 @@ import shutil
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from anchoredit_jax import checkpointing
 
 DIT, VAE = "dit", "vae"
+DTYPES = ("float32", "bfloat16")
+
+
+def _floats_as(tree, dtype):
+    """Floating-point leaves cast to `dtype`; integer leaves (none today) left as they are."""
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
 def is_release(path: str) -> bool:
@@ -48,10 +57,13 @@ def check_same_latent_space(run_vae: str, other: str) -> None:
                          "only a decoder fine-tune of that VAE (train_vae --config.train.trainable=decoder) fits")
 
 
-def export(workdir: str, out: str, *, which: str = "ema", vae: str = "") -> dict:
+def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: str = "float32") -> dict:
     """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict.
 
-    `vae`: a train_vae workdir to ship in place of the run's VAE (checked: same latent space)."""
+    `vae`: a train_vae workdir to ship in place of the run's VAE (checked: same latent space).
+    `dtype`: how the DiT weights are stored ("bfloat16" halves the folder; the VAE stays float32)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists; a release is written to a new folder (nothing is overwritten)")
     config, _, params = checkpointing.load_trained(workdir, which=which)
@@ -68,7 +80,7 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "") -> dict
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     with ocp.StandardCheckpointer() as ck:
-        ck.save(os.path.abspath(os.path.join(tmp, DIT)), jax.device_get(params))
+        ck.save(os.path.abspath(os.path.join(tmp, DIT)), jax.device_get(_floats_as(params, jnp.dtype(dtype))))
     if vae_dir != "random":  # "random" (tests) stays a config entry, config.vae.model rebuilds it
         os.makedirs(os.path.join(tmp, VAE, "checkpoints"))
         for name in ("vae_config.json", "latent_stats.json"):
@@ -81,9 +93,14 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "") -> dict
         f.write(config.to_json(indent=2))
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     info = {"source": os.path.normpath(workdir), "weights": which,
-            "step": checkpointing.trained_step(workdir, which), "dit_params": n_params,
+            "step": checkpointing.trained_step(workdir, which), "dit_params": n_params, "dtype": dtype,
             "date": datetime.date.today().isoformat(),
             "vae_source": os.path.normpath(vae_dir)}
+    if is_release(workdir):  # a release re-stored (e.g. as bfloat16): keep where the weights came from
+        with open(os.path.join(workdir, "release.json")) as f:
+            before = json.load(f)
+        info.update({k: before[k] for k in ("source", "weights", "vae_source") if k in before and not (vae and k == "vae_source")},
+                    restored_from=os.path.normpath(workdir))
     with open(os.path.join(tmp, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
     os.rename(tmp, out)  # all or nothing
@@ -102,7 +119,7 @@ def load(path: str):
     if not os.path.isabs(config.vae.workdir) and config.vae.workdir != "random":
         config.vae.workdir = os.path.join(os.path.abspath(path), config.vae.workdir)
     params = checkpointing.restore_on_one_device(os.path.abspath(os.path.join(path, DIT)))
-    return config, model_config(config), params
+    return config, model_config(config), _floats_as(params, jnp.float32)  # a bfloat16 release, widened
 
 
 def main(argv=None) -> int:
@@ -111,9 +128,10 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--out", required=True, help="new folder")
     ap.add_argument("--vae", default="", help="ship this decoder fine-tune of the run's VAE instead of it")
+    ap.add_argument("--dtype", default="float32", choices=DTYPES, help="how the DiT weights are stored")
     args = ap.parse_args(argv)
     try:
-        info = export(args.checkpoint, args.out, which=args.weights, vae=args.vae)
+        info = export(args.checkpoint, args.out, which=args.weights, vae=args.vae, dtype=args.dtype)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -121,3 +121,22 @@ def test_release_ships_a_decoder_finetune_only_if_the_encoder_is_the_runs(workdi
     assert not os.path.exists(tmp_path / "rel_c") and not os.path.exists(str(tmp_path / "rel_c") + ".partial")
     with pytest.raises(ValueError, match="random VAE"):
         release.export(workdir, str(tmp_path / "rel_d"), vae=str(tmp_path / "vae_b"))
+
+
+def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tmp_path):
+    """--dtype bfloat16: stored once rounded, loaded back as float32 (what every tool computes in)."""
+    full, half = str(tmp_path / "f32"), str(tmp_path / "bf16")
+    release.export(workdir, full, which="ema")
+    info = release.export(workdir, half, which="ema", dtype="bfloat16")
+    assert info["dtype"] == "bfloat16"
+    size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(d, "dit")) for f in fs)
+    assert size(half) < 0.75 * size(full)
+    _, _, ema = checkpointing.load_trained(workdir, which="ema")
+    _, _, got = checkpointing.load_trained(half)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(got))
+    rounded = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32), ema)
+    chex.assert_trees_all_equal(rounded, got)
+    assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), ema, got)))  # it did round
+    with pytest.raises(ValueError, match="dtype must be"):
+        release.export(workdir, str(tmp_path / "x"), dtype="float16")
+    assert not os.path.exists(str(tmp_path / "x"))
