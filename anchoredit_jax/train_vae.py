@@ -262,7 +262,6 @@ def _define_flags():
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, stores checkpoint + latent stats, evaluates held-out PSNR; returns results.json."""
-    os.makedirs(workdir, exist_ok=True)
     t_start = time.time()
     logging.info("config:\n%s", cfg)  # --verbosity=0 to see
 
@@ -279,6 +278,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state = state.replace(params=params)
         state = state.replace(opt_state=tx.init(state.params))
         print(f"initialised from {init_from}; training {'all' if keys is None else ', '.join(keys)}")
+    os.makedirs(workdir, exist_ok=True)  # only now: a bad init_from leaves no empty workdir behind
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     print(f"WanVAE {vcfg.base_dim=} {vcfg.dim_mult=} {vcfg.z_dim=}: {n_params / 1e6:.2f}M params")
 

@@ -222,3 +222,4 @@ def test_cli_bad_init_from_is_one_line(tmp_path):
                         f"--config.train.init_from={tmp_path / 'none'}"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("error: train.init_from=") and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "wd")  # nothing created for a run that never started
