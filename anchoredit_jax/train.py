@@ -197,9 +197,10 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     # Data echoing (Choi et al. 2019): `echo` steps per batch when the input pipeline, not the
     # accelerator, sets the pace. Saves and preemption land on batch boundaries so resume stays exact.
     echo = int(config.data.get("echo", 1))
-    if echo < 1 or config.checkpoint.every % echo:
+    if echo < 1 or config.checkpoint.every % echo or total_steps % echo:
+        # num_steps too: a run that ended mid-batch could not be extended exactly (its batch is gone)
         raise ValueError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
-                         f"{config.checkpoint.every}")
+                         f"{config.checkpoint.every} and config.num_steps={total_steps}")
     if start % echo and start < total_steps:
         raise ValueError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
                          "resume with the echo the run was saved with")

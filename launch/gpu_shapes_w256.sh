@@ -20,7 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import jax, flax, optax, grain, orbax.checkpoint as o; print('versions jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, jax.devices())"
 RATE=$(python3 benchmarks/loader_rate.py "$W" 12 2>/dev/null | grep PROBE | awk '{print $2}'); RATE=${RATE:-500}
 # steps that fit: 70 s for start-up and compiles, 85% of the loader's rate, ECHO steps per batch of 64
-N=$(( (DEADLINE - $(el) - 70) * RATE * 85 / 100 / 64 * ECHO / 4 * 4 )); echo "t=$(el)s workers=$W rate=${RATE} pairs/s -> num_steps=$N"
+# (whole batches: num_steps must be a multiple of data.echo)
+N=$(( (DEADLINE - $(el) - 70) * RATE * 85 / 100 / 64 * ECHO )); echo "t=$(el)s workers=$W rate=${RATE} pairs/s -> num_steps=$N"
 args=(--config configs/stage1_shapes.py --workdir "$RUN" --config.seed=20 --config.batch_size=64
   --config.data.num_sequences=2000000 --config.data.worker_count="$W" --config.model.num_layers=8
   --config.model.num_heads=8 --config.model.ffn_dim=1024 --config.num_steps="$N" --config.optim.warmup_steps=200

@@ -225,3 +225,6 @@ def test_data_echo_reuses_batches_and_resumes_exactly(tmp_path, monkeypatch):
 def test_data_echo_must_divide_the_checkpoint_interval(tmp_path):
     with pytest.raises(ValueError, match="echo=3 must be >= 1 and divide config.checkpoint.every=2"):
         train_lib.train(_config(num_steps=4, **{"data.echo": 3, "checkpoint.every": 2}), str(tmp_path))
+    with pytest.raises(ValueError, match="echo=2 must .* and config.num_steps=5"):  # would end mid-batch
+        train_lib.train(_config(num_steps=5, **{"data.echo": 2, "checkpoint.every": 2}), str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "b" / "checkpoints") or not os.listdir(tmp_path / "b" / "checkpoints")
