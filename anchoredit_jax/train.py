@@ -291,9 +291,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
         state = restored
     elif config.init_from:
-        state = state.replace(params=load_init_params(config.init_from, state.params,
-                                                      tuple(config.get("init_reinit", ())), state_sh.params,
-                                                      weights=config.get("init_weights", "ema")))
+        params = load_init_params(config.init_from, state.params, tuple(config.get("init_reinit", ())),
+                                  state_sh.params, weights=config.get("init_weights", "ema"))
+        # the EMA starts from the loaded weights too, not the random init (own buffers: the state is donated)
+        state = state.replace(params=params, ema=None if state.ema is None else jax.tree.map(jnp.copy, params))
 
     # 4. The update step: jit with explicit shardings, state donated.
     def train_step(state: TrainState, frozen, batch):

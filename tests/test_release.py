@@ -75,6 +75,17 @@ def test_init_from_a_release_loads_its_weights(workdir, tmp_path):
     chex.assert_trees_all_equal(ema, got)
 
 
+def test_init_from_starts_the_ema_from_the_loaded_weights(workdir, tmp_path):
+    """After one step at learning rate 0 the EMA is still the init_from weights (not mixed with a random init)."""
+    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
+        "num_steps": 1, "val.sample_every": 0, "eval_every": 1000, "checkpoint.every": 1,
+        "checkpoint.async_save": False, "ema_decay": 0.9, "optim.lr": 0.0, "init_from": workdir})
+    train_lib.train(cfg, str(tmp_path / "next"))
+    _, _, loaded = checkpointing.load_trained(workdir, which="ema")
+    _, _, ema = checkpointing.load_trained(str(tmp_path / "next"), which="ema")
+    chex.assert_trees_all_close(ema, loaded, rtol=1e-6, atol=1e-7)
+
+
 def _vae_workdir(path, cfg, params, stats):
     """A train_vae workdir (layout of anchoredit_jax.train_vae) holding `params`."""
     import orbax.checkpoint as ocp
