@@ -99,8 +99,8 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: 
     if is_release(workdir):  # a release re-stored (e.g. as bfloat16): keep where the weights came from
         with open(os.path.join(workdir, "release.json")) as f:
             before = json.load(f)
-        info.update({k: before[k] for k in ("source", "weights", "vae_source") if k in before and not (vae and k == "vae_source")},
-                    restored_from=os.path.normpath(workdir))
+        keep = ("source", "weights") + (() if vae else ("vae_source",))
+        info.update({k: before[k] for k in keep if k in before}, restored_from=os.path.normpath(workdir))
     with open(os.path.join(tmp, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
     os.rename(tmp, out)  # all or nothing

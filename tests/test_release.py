@@ -148,6 +148,10 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
     rounded = jax.tree.map(lambda x: np.asarray(x).astype(jax.numpy.bfloat16).astype(np.float32), ema)
     chex.assert_trees_all_equal(rounded, got)
     assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), ema, got)))  # it did round
+    again = str(tmp_path / "again")  # a release re-stored: same weights, its origin kept
+    info = release.export(full, again, dtype="bfloat16")
+    assert info["source"] == os.path.normpath(workdir) and info["restored_from"] == os.path.normpath(full)
+    chex.assert_trees_all_equal(checkpointing.load_trained(again)[2], got)
     with pytest.raises(ValueError, match="dtype must be"):
         release.export(workdir, str(tmp_path / "x"), dtype="float16")
     assert not os.path.exists(str(tmp_path / "x"))
