@@ -155,3 +155,16 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
     with pytest.raises(ValueError, match="dtype must be"):
         release.export(workdir, str(tmp_path / "x"), dtype="float16")
     assert not os.path.exists(str(tmp_path / "x"))
+
+
+def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
+    """weights/shapes_stage1 (what the quickstart edits with): whole, at most 25 MB, its release.json true."""
+    path = os.path.join(ROOT, "weights", "shapes_stage1")
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    assert size <= 25e6, f"{path} is {size / 1e6:.1f} MB"
+    with open(os.path.join(path, "release.json")) as f:
+        info = json.load(f)
+    config, mcfg, params = checkpointing.load_trained(path)
+    assert sum(np.size(x) for x in jax.tree.leaves(params)) == info["dit_params"]
+    assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+    assert os.path.exists(os.path.join(config.vae.workdir, "latent_stats.json"))
