@@ -38,6 +38,11 @@ def _floats_as(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def folder_bytes(path: str) -> int:
+    """Bytes of every file under `path` (what a release costs on disk)."""
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
 def is_release(path: str) -> bool:
     return os.path.isdir(os.path.join(path, DIT)) and os.path.exists(os.path.join(path, "config.json"))
 
@@ -104,7 +109,7 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: 
     with open(os.path.join(tmp, "release.json"), "w") as f:
         json.dump(info, f, indent=2)
     os.rename(tmp, out)  # all or nothing
-    info["bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+    info["bytes"] = folder_bytes(out)
     return info
 
 

@@ -140,8 +140,7 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
     release.export(workdir, full, which="ema")
     info = release.export(workdir, half, which="ema", dtype="bfloat16")
     assert info["dtype"] == "bfloat16"
-    size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(d, "dit")) for f in fs)
-    assert size(half) < 0.75 * size(full)
+    assert release.folder_bytes(os.path.join(half, "dit")) < 0.75 * release.folder_bytes(os.path.join(full, "dit"))
     _, _, ema = checkpointing.load_trained(workdir, which="ema")
     _, _, got = checkpointing.load_trained(half)
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(got))
@@ -160,7 +159,7 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
 def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
     """weights/shapes_stage1 (what the quickstart edits with): whole, at most 25 MB, its release.json true."""
     path = os.path.join(ROOT, "weights", "shapes_stage1")
-    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    size = release.folder_bytes(path)
     assert size <= 25e6, f"{path} is {size / 1e6:.1f} MB"
     with open(os.path.join(path, "release.json")) as f:
         info = json.load(f)
