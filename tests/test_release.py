@@ -167,3 +167,32 @@ def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
     assert sum(np.size(x) for x in jax.tree.leaves(params)) == info["dit_params"]
     assert all(x.dtype == np.float32 and np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
     assert os.path.exists(os.path.join(config.vae.workdir, "latent_stats.json"))
+
+
+def test_blend_weights_is_the_weighted_mean_in_a_new_release(workdir, tmp_path, capsys):
+    """benchmarks/blend_weights.py (README's stage-2 blend): (1 - a) A + a B, A's config and VAE kept."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("blend_weights", os.path.join(ROOT, "benchmarks/blend_weights.py"))
+    blend = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blend)
+    a = str(tmp_path / "a")
+    release.export(workdir, a, which="ema")
+    out = str(tmp_path / "blend")
+    blend.main(["--a", a, "--b", workdir, "--alpha", "0.25", "--out", out])  # B: the workdir's EMA
+    _, _, pa = checkpointing.load_trained(a)
+    _, _, raw = checkpointing.load_trained(workdir, which="params")
+    chex.assert_trees_all_close(checkpointing.load_trained(out)[2], pa, rtol=1e-6)  # EMA of B == A here
+    with open(os.path.join(out, "release.json")) as f:
+        assert json.load(f)["blend"] == {"a": os.path.normpath(a), "b": os.path.normpath(workdir), "alpha": 0.25}
+    raw_rel = str(tmp_path / "raw")
+    release.export(workdir, raw_rel, which="params")
+    mid = str(tmp_path / "mid")
+    blend.main(["--a", a, "--b", raw_rel, "--alpha", "0.25", "--out", mid])
+    want = jax.tree.map(lambda x, y: 0.75 * np.asarray(x) + 0.25 * np.asarray(y), pa, raw)
+    chex.assert_trees_all_close(checkpointing.load_trained(mid)[2], want, rtol=1e-6, atol=1e-7)
+    for bad, why in ((["--alpha", "1.5", "--out", str(tmp_path / "x")], "alpha must be in"),
+                     (["--alpha", "0.5", "--out", mid], "exists")):
+        with pytest.raises(SystemExit):
+            blend.main(["--a", a, "--b", raw_rel] + bad)
+        assert why in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "x"))
