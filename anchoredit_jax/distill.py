@@ -9,12 +9,14 @@ Consistency function f(x, t) = x - t v(x, t) (sampler.consistency_fn): f(x, 0) =
 One loss = a lax.scan over the K turns of a sequence, carrying three anchor memories of the same
 frames (keys/values depend on the network that writes them, and at inference the student writes
 its own): teacher, student (no gradient) and target. At turn k, on a grid 0 = s_0 < ... < s_N = 1:
-  1. the teacher samples frame k from its memory (a few CFG steps, no gradient): the rollout;
+  1. the teacher samples frame k from its memory (a few CFG Euler steps, no gradient): the rollout;
+     or, with cfg.rollout_from = "student", the student does, with its own few-step consistency
+     sampler from its own memory — the frames it will be conditioned on when it edits;
   2. x_hi = noise the data target (or the rollout) to t_hi = s_{n+1}; one teacher ODE step with
      classifier-free guidance baked in (scale cfg.guidance) gives x_lo at t_lo = s_n;
   3. loss d(f_student(x_hi, t_hi), stop_gradient f_target(x_lo, t_lo)), conditional branch only;
-  4. all three memories append the rollout, so later turns are conditioned on the teacher's own
-     history, never the ground truth (the anchor is the real source).
+  4. all three memories append the rollout, so later turns are conditioned on generated history
+     (the teacher's or the student's), never the ground truth (the anchor is the real source).
 The loop machinery (mesh, grain input, checkpoints, resume, SIGTERM, NaN guard, metrics) is train.py's.
 """
 from __future__ import annotations
@@ -84,7 +86,7 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
       frames: latents [B, K+1, h, w, C] (frame 0 = source); texts [B, K, L, D], text_masks [B, K, L];
       null_text/null_mask [L, D], [L]; turn_valid [B, K].
       cfg: config.distill (guidance, grid_points, grid_shift, teacher_solver, loss, huber_c, x0_from,
-        rollout_steps, rollout_guidance, window, keep_anchor).
+        rollout_from, rollout_steps, rollout_guidance, window, keep_anchor).
     Returns: (loss, aux) with per-turn losses aux["turn_loss"] [K].
     """
     b, k1 = frames.shape[:2]
@@ -104,9 +106,14 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
         t_mem, s_mem, e_mem = mems
         z, text, mask, n_k, eps, key = xs
         v = functools.partial(editor.guided_velocity_fn, model, text=text, text_mask=mask, null_text=nt, null_mask=nm)
-        # 1. the teacher's own frame for this turn (the memory's next entry)
-        gen = sg(sampler.sample(v(teacher, t_mem, scale=cfg.rollout_guidance), jax.random.normal(key, z.shape),
-                                cfg.rollout_steps, method="euler"))
+        # 1. this turn's generated frame (the memory's next entry): the teacher's, or the student's own
+        if cfg.rollout_from == "teacher":
+            gen = sg(sampler.sample(v(teacher, t_mem, scale=cfg.rollout_guidance), jax.random.normal(key, z.shape),
+                                    cfg.rollout_steps, method="euler"))
+        else:  # guidance is baked into the student: its conditional branch, as when it edits
+            k_noise, k_steps = jax.random.split(key)
+            gen = sg(sampler.sample(v(student, s_mem, scale=1.0), jax.random.normal(k_noise, z.shape),
+                                    cfg.rollout_steps, method="consistency", rng=k_steps))
         # 2. a point on the teacher's guided trajectory and one ODE step down
         x0 = z if cfg.x0_from == "data" else gen
         t_hi, t_lo = s[n_k + 1], s[n_k]
@@ -116,7 +123,7 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
         f_student = flow.predict_x0(x_hi, v(params, s_mem, scale=1.0)(x_hi, t_hi), t_hi)
         f_target = sg(flow.predict_x0(x_lo, v(target, e_mem, scale=1.0)(x_lo, t_lo), t_lo))
         per_example = distance(f_student, f_target, cfg.loss, cfg.huber_c)
-        # 4. every memory appends the teacher's frame, written by its own network
+        # 4. every memory appends the generated frame, written by its own network
         mems = sg((mem_lib.update(model, teacher, t_mem, gen, text, mask),
                    mem_lib.update(model, student, s_mem, gen, text, mask),
                    mem_lib.update(model, target, e_mem, gen, text, mask)))
@@ -124,6 +131,8 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
 
     if cfg.x0_from not in ("data", "rollout"):
         raise ValueError(f"config.distill.x0_from must be 'data' or 'rollout', got {cfg.x0_from!r}")
+    if cfg.rollout_from not in ("teacher", "student"):
+        raise ValueError(f"config.distill.rollout_from must be 'teacher' or 'student', got {cfg.rollout_from!r}")
     swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731
     xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(n), swap(noise), jax.random.split(kr, k))
     _, per_turn = jax.lax.scan(body, mems, xs)  # [K, B]
@@ -133,13 +142,14 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
 
 
 def distill_flops(config, mcfg, n_tokens):
-    """Model FLOPs of one sequence: per turn a CFG rollout, a guided teacher step, student forward +
-    backward, target forward and three memory writes."""
+    """Model FLOPs of one sequence: per turn a rollout (the teacher's with CFG, or the student's), a
+    guided teacher step, student forward + backward, target forward and three memory writes."""
     c = config.distill
     fwd = functools.partial(metrics.dit_forward_flops, mcfg, tokens_per_frame=n_tokens, text_len=config.text.max_length,
                             num_frames=1, keys_per_frame=c.window + int(c.keep_anchor) + 1)
     teacher = 2 * (2 if c.teacher_solver == "midpoint" else 1)
-    per_turn = (2 * c.rollout_steps + teacher + 3 + 1 + 3) * fwd()
+    rollout = (2 if c.rollout_from == "teacher" else 1) * c.rollout_steps
+    per_turn = (rollout + teacher + 3 + 1 + 3) * fwd()
     return config.data.num_turns * per_turn + 3 * fwd()
 
 

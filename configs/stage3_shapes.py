@@ -28,8 +28,9 @@ def get_config(arg: str = ""):
         teacher_solver="euler",          # one teacher ODE step per loss (euler | midpoint)
         target_decay=0.9 if test else 0.995,  # EMA target theta^- (with warm-up, optim.ema_update)
         loss="huber", huber_c=0.03,      # pseudo-Huber between f_student(x_hi) and f_target(x_lo)
-        x0_from="data",                  # x_hi noises the data target ("data") or the teacher rollout
-        rollout_steps=2 if test else 4, rollout_guidance=3.0,  # the teacher's frames in the memory
+        x0_from="data",                  # x_hi noises the data target ("data") or the rollout
+        rollout_from="teacher",          # whose frames fill the memory: "teacher" (CFG Euler) or "student"
+        rollout_steps=2 if test else 4, rollout_guidance=3.0,  # (the student: consistency steps, no CFG)
         window=c.stage2.window, keep_anchor=c.stage2.keep_anchor,
     ))
     c.optim.lr = 1e-3 if test else 5e-5

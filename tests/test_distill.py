@@ -142,3 +142,29 @@ def test_bad_config_is_named(tmp_path):
         distill.distill(_config(**{"distill.loss": "l3"}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="stage3"):
         distill.distill(_config(stage="stage2"), str(tmp_path / "y"))
+
+
+def test_student_rollouts_fill_the_memory():
+    """distill.rollout_from="student": later turns are conditioned on the student's own consistency
+    samples, and the teacher's rollout settings no longer matter; with one turn nothing is conditioned
+    on a rollout, so both choices give the same loss."""
+    model, student = _tiny_model()
+    teacher = jax.tree.map(lambda x: 1.1 * x, student)
+    b, k, rng = 2, 3, jax.random.PRNGKey(5)
+    frames = jax.random.normal(jax.random.PRNGKey(6), (b, k + 1, 4, 4, 4))
+    texts, masks = jax.random.normal(jax.random.PRNGKey(7), (b, k, 3, 8)), jnp.ones((b, k, 3), bool)
+    null_t, null_m = jnp.zeros((3, 8)), jnp.zeros((3,), bool).at[0].set(True)
+
+    def loss(turns=k, **cfg):
+        c = _config().distill.copy_and_resolve_references()
+        c.update(cfg)
+        return float(distill.loss_fn(student, model, rng, target=student, teacher=teacher, frames=frames[:, :turns + 1],
+                                     texts=texts[:, :turns], text_masks=masks[:, :turns], null_text=null_t,
+                                     null_mask=null_m, turn_valid=jnp.ones((b, turns)), cfg=c)[0])
+
+    assert loss(rollout_from="teacher", rollout_guidance=3.0) != loss(rollout_from="teacher", rollout_guidance=1.0)
+    assert loss(rollout_from="student", rollout_guidance=3.0) == loss(rollout_from="student", rollout_guidance=1.0)
+    assert abs(loss(rollout_from="student") - loss(rollout_from="teacher")) > 1e-6
+    assert loss(1, rollout_from="student") == loss(1, rollout_from="teacher")
+    with pytest.raises(ValueError, match="rollout_from"):
+        loss(rollout_from="target")
