@@ -39,6 +39,14 @@ from anchoredit_jax.model import WanDiT, init_params
 
 BATCH_RANKS = dict(frames=5, turn_valid=2, text=4, text_mask=3)
 LOSSES = ("l2", "huber")
+CHOICES = {"loss": LOSSES, "x0_from": ("data", "rollout"), "rollout_from": ("teacher", "student")}
+
+
+def check_config(cfg) -> None:
+    """config.distill's choices, a wrong one named (distill() calls it before anything is loaded or written)."""
+    for key, allowed in CHOICES.items():
+        if cfg[key] not in allowed:
+            raise ValueError(f"config.distill.{key} must be one of {allowed}, got {cfg[key]!r}")
 
 
 class DistillState(flax.struct.PyTreeNode):
@@ -129,10 +137,7 @@ def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_
                    mem_lib.update(model, target, e_mem, gen, text, mask)))
         return mems, per_example
 
-    if cfg.x0_from not in ("data", "rollout"):
-        raise ValueError(f"config.distill.x0_from must be 'data' or 'rollout', got {cfg.x0_from!r}")
-    if cfg.rollout_from not in ("teacher", "student"):
-        raise ValueError(f"config.distill.rollout_from must be 'teacher' or 'student', got {cfg.rollout_from!r}")
+    check_config(cfg)
     swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731
     xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(n), swap(noise), jax.random.split(kr, k))
     _, per_turn = jax.lax.scan(body, mems, xs)  # [K, B]
@@ -171,8 +176,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "stage3":
         raise ValueError(f"anchoredit_jax.distill runs config.stage='stage3' configs, got {config.stage!r}")
     cfg = config.distill
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"config.distill.loss must be one of {LOSSES}, got {cfg.loss!r}")
+    check_config(cfg)
     mesh, rules, is_main = train_lib.setup_run(config, workdir)
     data_iter, tokenize = train_lib.make_data(config, "sequence")
     mcfg, model, enc, frozen = train_lib.load_model_and_encoders(config)

@@ -142,6 +142,9 @@ def test_bad_config_is_named(tmp_path):
         distill.distill(_config(**{"distill.loss": "l3"}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="stage3"):
         distill.distill(_config(stage="stage2"), str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="distill.rollout_from"):  # named before the workdir is made
+        distill.distill(_config(**{"distill.rollout_from": "target"}), str(tmp_path / "z"))
+    assert not os.path.exists(tmp_path / "z")
 
 
 def test_student_rollouts_fill_the_memory():
