@@ -2,8 +2,9 @@
 
     python benchmarks/loader_rate.py W S      # prints "PROBE <pairs/s>"
 
-ShapesEdit is rendered on the host (~8.5 ms a pair on one core here), so on a GPU the loader, not
-the accelerator, sets the pace of stage 1: launch/gpu_shapes_w256.sh sizes its run from this.
+ShapesEdit is rendered on the host (`render_rate.py`: 3.9 ms a pair on one core here since
+2026-12-05, 9.3 before), so on a GPU the loader, not the accelerator, sets the pace of stage 1:
+launch/gpu_shapes_w256.sh sizes its run from this.
 """
 import os
 import sys

@@ -563,7 +563,8 @@ def generate_scenes(seed: int, num_turns: int, resolution=64, split: str = "trai
 
 def render_sequence(scenes, edits, hw, seed) -> EditSequence:
     """Pixels and exact edit masks of K+1 scenes and their K edits (hw = (H, W))."""
-    rendered = [render(s, hw) for s in scenes]
+    cache = {}  # the frames share most shapes: rasterise each once
+    rendered = [render(s, hw, cache) for s in scenes]
     imgs = np.stack([r[0] for r in rendered])
     masks = np.zeros((len(edits), *hw), bool)
     for k, e in enumerate(edits):  # visible region of the edited element before and after (+ any change)

@@ -1,12 +1,15 @@
 """Deterministic rasteriser for ShapesEdit scenes (see shapes_edit.py for the scene tree).
 
 Every shape is rasterised by PIL into a binary mask at SS x supersampling (cropped to the shape's
-bounding box, for speed), composited into a uint8 canvas with numpy, and the canvas is box-
-filtered down with integer rounding. There is no floating-point blending, so rendering a scene
-twice gives identical bytes. Alongside the colours the renderer keeps a label map [H*SS, W*SS]
-int16 saying which element painted each sub-pixel last: 0 background, PART_IDS[part] for the
-creature's parts, OBJ_ID0 + i for object i. `region_mask` turns a set of labels into the [H, W]
-bool mask of pixels any of whose sub-pixels show them; edit masks are built from it.
+bounding box, for speed), composited with numpy into a canvas of RGB0 bytes packed in one uint32
+per sub-pixel (a 2-D boolean assignment paints all three channels, 3-4x faster than a [H, W, 3]
+one), and the canvas is box-filtered down with integer rounding. There is no floating-point
+blending, so rendering a scene twice gives identical bytes; tests/test_shapes_edit.py pins a
+digest of them, since every published result was measured on these bytes. Alongside the colours
+the renderer keeps a label map [H*SS, W*SS] int16 saying which element painted each sub-pixel
+last: 0 background, PART_IDS[part] for the creature's parts, OBJ_ID0 + i for object i.
+`region_mask` turns a set of labels into the [H, W] bool mask of pixels any of whose sub-pixels
+show them; edit masks are built from it.
 
 Geometry: units are the shorter image side (1.0). Creature parts are laid out in creature-local
 units (x right, y down, origin at the creature centre), scaled by `Creature.size`.
@@ -157,7 +160,7 @@ def _to_px(spec, ox, oy, s):
         return (kind, ox + a[0] * s, oy + a[1] * s, a[2] * s, a[3] * s, *a[4:])
     if kind == "rrect":
         return (kind, ox + a[0] * s, oy + a[1] * s, a[2] * s, a[3] * s, a[4] * s)
-    pts = [(ox + x * s, oy + y * s) for x, y in a[0]]
+    pts = tuple((ox + x * s, oy + y * s) for x, y in a[0])  # a tuple: specs are cache keys
     return (kind, pts) if kind == "poly" else (kind, pts, a[1] * s)
 
 
@@ -171,15 +174,15 @@ def _bbox(spec, pad):
 
 
 def _draw(d: ImageDraw.ImageDraw, spec, dx, dy, fill: bool, width: int, extra: int = 0):
-    """Rasterise a pixel spec shifted by (-dx, -dy): its fill, or its outline of `width` px."""
+    """Rasterise a pixel spec shifted by (-dx, -dy) with ink 1: its fill, or its outline of `width` px."""
     kind = spec[0]
-    f, o = (255, None) if fill else (None, 255)
+    f, o = (1, None) if fill else (None, 1)
     if kind in ("ellipse", "arc", "rrect"):
         box = [spec[1] - spec[3] - dx, spec[2] - spec[4] - dy, spec[1] + spec[3] - dx, spec[2] + spec[4] - dy]
         if kind == "ellipse":
             d.ellipse(box, fill=f, outline=o, width=width)
         elif kind == "arc":
-            d.arc(box, spec[5], spec[6], fill=255, width=width)
+            d.arc(box, spec[5], spec[6], fill=1, width=width)
         else:
             d.rounded_rectangle(box, radius=spec[5], fill=f, outline=o, width=width)
         return
@@ -188,23 +191,43 @@ def _draw(d: ImageDraw.ImageDraw, spec, dx, dy, fill: bool, width: int, extra: i
         d.polygon(pts, fill=f, outline=o, width=width if not fill else 1)
     else:  # thick line with round caps; `extra` widens it (its outline is the widened line)
         w = int(round(spec[2])) + 2 * extra
-        d.line(pts, fill=255, width=w, joint="curve")
+        d.line(pts, fill=1, width=w, joint="curve")
         for x, y in (pts[0], pts[-1]):
-            d.ellipse([x - w / 2, y - w / 2, x + w / 2, y + w / 2], fill=255)
+            d.ellipse([x - w / 2, y - w / 2, x + w / 2, y + w / 2], fill=1)
+
+
+def _pack(rgb) -> np.uint32:
+    """(r, g, b) -> one uint32 whose bytes in memory are r, g, b, 0 (any byte order)."""
+    return np.array([*rgb, 0], np.uint8).view(np.uint32)[0]
 
 
 class _Canvas:
-    """Supersampled uint8 RGB canvas plus label map."""
+    """Supersampled canvas (packed RGB0, see `_pack`) plus label map. `cache` (a dict) keeps the
+    masks and patterns of every shape drawn, for the next canvas of the same size: consecutive
+    frames of a sequence share most of their shapes, at the very same coordinates."""
 
-    def __init__(self, hw):
+    def __init__(self, hw, cache: dict | None = None):
+        self.cache = {} if cache is None else cache
         self.h, self.w = hw[0] * SS, hw[1] * SS
         self.u = min(hw) * SS  # pixels per unit
         self.ow = max(1, int(round(OUTLINE * self.u)))
-        self.rgb = np.zeros((self.h, self.w, 3), np.uint8)
+        self.rgb = np.zeros((self.h, self.w), np.uint32)
         self.lab = np.zeros((self.h, self.w), np.int16)
 
     def mask(self, spec, fill=True, width=0, extra=0):
-        """Binary mask of a pixel spec within its (clipped) bbox: (slices, bool array) or None."""
+        """Binary mask of a pixel spec within its (clipped) bbox: (slices, read-only bool array) or None."""
+        key = ("mask", self.h, self.w, spec, fill, width, extra)
+        if key not in self.cache:
+            self.cache[key] = self._mask(spec, fill, width, extra)
+        return self.cache[key]
+
+    def pattern(self, kind: str, sl, ox: float, oy: float, period: float) -> np.ndarray:
+        key = ("pattern", self.h, self.w, kind, sl[0].start, sl[0].stop, sl[1].start, sl[1].stop, ox, oy, period)
+        if key not in self.cache:
+            self.cache[key] = _pattern(kind, sl, ox, oy, period)
+        return self.cache[key]
+
+    def _mask(self, spec, fill, width, extra):
         x0, y0, x1, y1 = _bbox(spec, self.ow + extra + 2)
         x0, y0 = max(0, int(math.floor(x0))), max(0, int(math.floor(y0)))
         x1, y1 = min(self.w, int(math.ceil(x1))), min(self.h, int(math.ceil(y1)))
@@ -212,13 +235,30 @@ class _Canvas:
             return None
         img = Image.new("L", (x1 - x0, y1 - y0), 0)
         _draw(ImageDraw.Draw(img), spec, x0, y0, fill, width, extra)
-        return (slice(y0, y1), slice(x0, x1)), np.asarray(img) > 0
+        # ink is 1, so the bytes are already a bool array (no copy through __array_interface__)
+        return (slice(y0, y1), slice(x0, x1)), np.frombuffer(img.tobytes(), bool).reshape(y1 - y0, x1 - x0)
 
     def paint(self, m, rgb, label):
         if m is not None:
             sl, mm = m
-            self.rgb[sl][mm] = rgb
+            self.rgb[sl][mm] = _pack(rgb)
             self.lab[sl][mm] = label
+
+    def downsample(self) -> np.ndarray:
+        """[H*SS, W*SS] canvas -> [H, W, 3] uint8, the mean of each SS x SS block rounded half up
+        (sums in uint16: at most SS*SS*255 = 4080; rows first, then columns, all contiguous)."""
+        h, w = self.h // SS, self.w // SS
+        x = self.rgb.view(np.uint8).reshape(h, SS, w * SS * 4)
+        r = x[:, 0].astype(np.uint16)
+        for i in range(1, SS):
+            r += x[:, i]
+        r = r.reshape(h, w, SS, 4)
+        s = r[:, :, 0].copy()
+        for i in range(1, SS):
+            s += r[:, :, i]
+        s += SS * SS // 2
+        s //= SS * SS
+        return s[..., :3].astype(np.uint8)
 
 
 def _pattern(kind: str, sl, ox: float, oy: float, period: float) -> np.ndarray:
@@ -235,20 +275,20 @@ def _pattern(kind: str, sl, ox: float, oy: float, period: float) -> np.ndarray:
 
 def _background(cv: _Canvas, bg) -> None:
     c = np.array(BG_COLORS[bg.color], np.float64)
-    c2 = np.array(_shade(BG_COLORS[bg.color], 0.9), np.uint8)
     if bg.style == "gradient":
         t = (np.arange(cv.h) + 0.5)[:, None] / cv.h
-        cv.rgb[:] = np.rint(c * (1 - 0.25 * t))[:, None, :].astype(np.uint8)
+        rows = np.rint(c * (1 - 0.25 * t)).astype(np.uint8)  # [H*SS, 3]
+        cv.rgb[:] = np.pad(rows, ((0, 0), (0, 1))).view(np.uint32)  # [H*SS, 1] packed, broadcast
         return
-    cv.rgb[:] = c.astype(np.uint8)
+    cv.rgb[:] = _pack(c.astype(np.uint8))
     if bg.style != "plain":
         sl = (slice(0, cv.h), slice(0, cv.w))
         period = 0.2 * cv.u
         if bg.style == "stripes":
             m = np.broadcast_to(((np.arange(cv.w) + 0.5) / period % 1.0 < 0.5)[None, :], (cv.h, cv.w))
         else:
-            m = _pattern(bg.style, sl, 0, 0, period)
-        cv.rgb[m] = c2
+            m = cv.pattern(bg.style, sl, 0, 0, period)
+        cv.rgb[m] = _pack(_shade(BG_COLORS[bg.color], 0.9))
 
 
 def _layer(cv, label, rgb, pattern, specs, style, ox, oy, s):
@@ -263,16 +303,17 @@ def _layer(cv, label, rgb, pattern, specs, style, ox, oy, s):
         m = cv.mask(px)
         cv.paint(m, rgb, label)
         if m is not None and pattern != "solid":
-            pm = _pattern(pattern, m[0], ox, oy, 0.11 * s)
+            pm = cv.pattern(pattern, m[0], ox, oy, 0.11 * s)
             cv.paint((m[0], m[1] & pm), pattern_rgb(rgb), label)
         if style == "outlined" and px[0] != "line":
             cv.paint(cv.mask(px, fill=False, width=cv.ow), OUTLINE_RGB, label)
 
 
-def render(scene, resolution: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Scene -> (image [H, W, 3] uint8, labels [H*SS, W*SS] int16)."""
+def render(scene, resolution: tuple[int, int], cache: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scene -> (image [H, W, 3] uint8, labels [H*SS, W*SS] int16). Pass one `cache` dict to the
+    renders of related scenes (a sequence's frames) to rasterise their common shapes once."""
     h, w = resolution
-    cv = _Canvas((h, w))
+    cv = _Canvas((h, w), cache)
     _background(cv, scene.background)
     for i, o in enumerate(scene.objects):
         _layer(cv, OBJ_ID0 + i, COLORS[o.color], "solid", _object_specs(o.shape, o.size / 2), "outlined",
@@ -280,8 +321,7 @@ def render(scene, resolution: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     c = scene.subject
     for layer in _creature_layers(c):
         _layer(cv, *layer, c.x * cv.u, c.y * cv.u, c.size * cv.u)
-    img = cv.rgb.reshape(h, SS, w, SS, 3).sum((1, 3), dtype=np.uint32)
-    return ((img + SS * SS // 2) // (SS * SS)).astype(np.uint8), cv.lab
+    return cv.downsample(), cv.lab
 
 
 def region_mask(labels: np.ndarray, ids) -> np.ndarray:
