@@ -1,0 +1,15 @@
+#!/bin/bash
+# The evaluations behind README's "The shipped model" tables (run from the repo root of a full clone).
+# The shipped three-stage model (weights/shapes_stage3) against its stage-1 teacher (the width-256
+# model trained on one H200, shipped as bfloat16 until 2026-12-05: restored from git history into
+# out/shapes_stage1 unless S1_DIR names a copy). Both use the VAE shipped with them (byte-identical).
+set -ex  # stop at the first failing evaluation
+S1_DIR=${S1_DIR:-out/shapes_stage1}; S3_DIR=${S3_DIR:-weights/shapes_stage3}
+if [ ! -d "$S1_DIR" ]; then
+  mkdir -p "$S1_DIR" && git archive b15f759 weights/shapes_stage1 | tar -x --strip-components=2 -C "$S1_DIR"
+fi
+E="python -m anchoredit_jax.evaluate --overwrite"  # replaces only its own files in out/shipped_*
+S1=stage1=$S1_DIR; S3=stage3=$S3_DIR
+time $E --checkpoint $S1 --checkpoint $S3 --methods anchor_w4,no_anchor_w4,naive,copy --turns 30 --num-sequences 16 --out out/shipped_main
+time $E --checkpoint $S1 --checkpoint $S3 --methods anchor_w4,naive --turns 10 --num-sequences 16 --protocols roundtrip,noop --out out/shipped_protocols
+time $E --checkpoint $S3 --methods anchor_w4,naive,mcie,mcie_anchor_w4 --turns 10 --num-sequences 16 --out out/shipped_mcie
