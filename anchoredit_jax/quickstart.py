@@ -5,8 +5,8 @@
 1. trains a stage-1 model on procedural ShapesEdit for --train-steps steps (progress bar, preview
    PNG in <out>/train/samples/) with the shipped VAE: a taste of training, not a usable model;
 2. edits --num-sequences held-out ShapesEdit sequences for --turns turns with the shipped release
-   (weights/shapes_stage3: the width-256 model of README's "Stage 1 on one GPU" after all three
-   stages, 4 consistency steps per turn, stored as bfloat16; its release.json says from where), with
+   (weights/shapes_stage3: the width-256 model of README's "How the shipped model was made", all
+   three stages, 4 consistency steps per turn, stored as bfloat16; its release.json says from where), with
    the anchor memory and with naive chaining, and the model of step 1 too;
 3. writes <out>/eval/contact_sheet.png (ground truth, then a row per method) and the drift plots
    <out>/eval/metric_*.png (PSNR, SSIM, LPIPS, identity, edit success over turns), and prints where.

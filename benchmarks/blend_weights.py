@@ -1,6 +1,6 @@
 """A release whose DiT weights are (1 - alpha) * A + alpha * B: weight interpolation between two
 models of the same shape (e.g. a stage-1 model and a stage 2 fine-tuned from it), to check
-whether a point between them edits better than either (docs: README, "Stage 2 ... controls").
+whether a point between them edits better than either (docs/experiments.md, "Two controls and a blend").
 
     python benchmarks/blend_weights.py --a runs/gpu_w256_release --b runs/stage2_gpu_tf_clean \\
         --alpha 0.5 --out out/interp_tfclean_50

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The evaluation runs behind README's results tables (run from the repo root after the training commands).
+# The evaluation runs behind the CPU lineage's tables (docs/experiments.md; run from the repo root after its training commands).
 set -ex  # stop at the first failing evaluation
 VAE=${VAE:-runs/vae_shapes_ft}  # the decoder fine-tune of the runs' VAE (same encoder, same latents) that is shipped
 E="python -m anchoredit_jax.evaluate --overwrite --vae $VAE"  # replaces only its own files in out/eval_*

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stage 1 on ShapesEdit at width 256 (9.1 M parameters) on one GPU, stopped by a wall-clock deadline.
-# This made runs/gpu_w256 (README, "Trained on a GPU"): on one H200, 2026-12-04, as
+# This made runs/gpu_w256 (docs/experiments.md, "Stage 1 on one GPU"): on one H200, 2026-12-04, as
 #     DEADLINE=510 bash launch/gpu_shapes_w256.sh
 # The loader renders ShapesEdit on the host, so the run is input-bound: it measures the loader's rate
 # (benchmarks/loader_rate.py), sizes num_steps to the deadline (so the learning rate decays in time)
