@@ -9,12 +9,40 @@ turns into a final synchronous save and a clean exit.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
 import grain.python as grain
 import jax
 import orbax.checkpoint as ocp
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops orbax's INFO records (several per save and restore, some of kilobytes: they bury a
+    run's own log) unless `keep_info`, and its warning that a CheckpointManager item folder
+    (`<step>/state`) has no metadata file of its own, printed on every direct restore of one
+    although the step folder holds that file and the restore is whole. Other records pass."""
+
+    def __init__(self, keep_info: bool = False):
+        super().__init__()
+        self.keep_info = keep_info
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname.replace(os.sep, "/"):
+            return True
+        if record.levelno < logging.WARNING:
+            return self.keep_info
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+def quiet_orbax_logging(keep_info: bool = False) -> None:
+    """Install `_QuietOrbax` on absl's logger, through which orbax logs (replacing an earlier one).
+    The CLIs call it; they pass keep_info=True where the user asked for logs with --verbosity."""
+    logger = logging.getLogger("absl")
+    for f in [f for f in logger.filters if isinstance(f, _QuietOrbax)]:
+        logger.removeFilter(f)
+    logger.addFilter(_QuietOrbax(keep_info))
 
 
 def make_manager(workdir: str, *, max_to_keep: int, async_save: bool = True) -> ocp.CheckpointManager:

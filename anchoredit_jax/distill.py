@@ -32,7 +32,7 @@ import ml_collections
 import optax
 from absl import app, flags
 
-from anchoredit_jax import config_lib, editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import checkpointing, config_lib, editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.model import WanDiT, init_params
@@ -236,6 +236,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
     del argv  # --config and --workdir are train.py's flags (defined when it is imported)
+    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
     result = distill(flags.FLAGS.config, flags.FLAGS.workdir)
     if jax.process_index() == 0:
         print(json.dumps(result))

@@ -49,6 +49,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from anchoredit_jax import checkpointing
 from anchoredit_jax import edit as edit_cli
 from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, sampler
 from anchoredit_jax import text_encoder as te
@@ -459,6 +460,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
+    checkpointing.quiet_orbax_logging()
     try:
         args = parse_args(argv)
     except SystemExit as e:

@@ -386,6 +386,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 
 def main(argv):
     del argv
+    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--config and --workdir are required")
     result = train(_CONFIG.value, _WORKDIR.value)

@@ -1,12 +1,14 @@
 """Release folders (anchoredit_jax.release): exact weights, self-contained, never overwritten,
 usable wherever a training workdir is (edit CLI)."""
 import json
+import logging
 import os
 
 import chex
 import jax
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from PIL import Image
 
 from anchoredit_jax import checkpointing, edit, release
@@ -47,6 +49,39 @@ def test_export_load_is_exact_and_refuses_to_overwrite(workdir, tmp_path):
     assert release.main(["--checkpoint", workdir, "--out", out]) == 1
     with open(os.path.join(out, "release.json")) as f:
         assert json.load(f)["source"] == os.path.normpath(workdir)
+
+
+def test_quiet_orbax_logging_drops_orbax_info_and_the_item_metadata_warning(workdir, caplog):
+    """Restoring a workdir logs orbax INFO records and a warning that `<step>/state` has no metadata
+    file; with the filter the CLIs install, neither reaches the log, and other warnings still do."""
+    def restore_and_log():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            checkpointing.load_trained(workdir)
+            absl_logging.warning("a warning of ours")
+        return caplog.records
+
+    def orbax(records):
+        return [r for r in records if "/orbax/" in r.pathname.replace(os.sep, "/")]
+
+    absl = logging.getLogger("absl")
+    absl.filters = [f for f in absl.filters if not isinstance(f, checkpointing._QuietOrbax)]
+    loud = restore_and_log()
+    assert any(r.levelno < logging.WARNING for r in orbax(loud))
+    assert any(r.getMessage().startswith("Metadata file does not exist") for r in orbax(loud))
+    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_orbax_logging()  # idempotent: one filter
+    try:
+        assert sum(isinstance(f, checkpointing._QuietOrbax) for f in absl.filters) == 1
+        quiet = restore_and_log()
+        assert orbax(quiet) == []
+        assert "a warning of ours" in [r.getMessage() for r in quiet]
+        checkpointing.quiet_orbax_logging(keep_info=True)
+        kept = restore_and_log()
+        assert any(r.levelno < logging.WARNING for r in orbax(kept))
+        assert not any(r.getMessage().startswith("Metadata file does not exist") for r in kept)
+    finally:
+        absl.filters = [f for f in absl.filters if not isinstance(f, checkpointing._QuietOrbax)]
 
 
 def test_edit_cli_runs_on_a_release(workdir, tmp_path, capsys):
