@@ -22,17 +22,14 @@ The loop machinery (mesh, grain input, checkpoints, resume, SIGTERM, NaN guard, 
 from __future__ import annotations
 
 import functools
-import json
-import sys
 
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags
 
-from anchoredit_jax import checkpointing, config_lib, editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.model import WanDiT, init_params
@@ -234,15 +231,5 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
         desc="distill")
 
 
-def main(argv):
-    del argv  # --config and --workdir are train.py's flags (defined when it is imported)
-    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
-    result = distill(flags.FLAGS.config, flags.FLAGS.workdir)
-    if jax.process_index() == 0:
-        print(json.dumps(result))
-
-
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    config_lib.check_config_flags(sys.argv)
-    app.run(main)
+    train_lib.run_cli(distill)  # --config and --workdir are train.py's flags (defined when it is imported)

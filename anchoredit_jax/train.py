@@ -384,17 +384,21 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go; resumed if present.")
 
 
-def main(argv):
-    del argv
-    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("--config and --workdir are required")
-    result = train(_CONFIG.value, _WORKDIR.value)
-    if jax.process_index() == 0:
-        print(json.dumps(result))
+def run_cli(fn) -> None:
+    """`python -m` entry of a training program (this one, distill): `fn(config, workdir)` under absl,
+    its flags checked first, orbax's INFO kept out of the log, its result printed as JSON."""
+    flags.mark_flags_as_required(["config", "workdir"])
+    config_lib.check_config_flags(sys.argv)
+
+    def main(argv):
+        del argv
+        checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
+        result = fn(_CONFIG.value, _WORKDIR.value)
+        if jax.process_index() == 0:
+            print(json.dumps(result))
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    config_lib.check_config_flags(sys.argv)
-    app.run(main)
+    run_cli(train)
