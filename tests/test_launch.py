@@ -15,6 +15,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(ROOT, "launch", "tpu_pod.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
+GPU_RUN = os.path.join(ROOT, "launch", "gpu_shapes_w256.sh")
+CPU_STAGES = os.path.join(ROOT, "launch", "cpu_stages23.sh")
 CONFIG = "configs/tiny.py"
 NOTE = "--config.note=it's a b"  # a space and a single quote: must arrive as one argument
 OVERRIDES = ["--config.batch_size=8", NOTE]
@@ -71,17 +73,25 @@ def _read_argv(path):
     return path.read_bytes().decode().split("\0")[:-1]
 
 
-@pytest.mark.parametrize("script", [TPU, SLURM])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES])
 def test_bash_syntax(script):
     res = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-@pytest.mark.parametrize("script", [TPU, SLURM])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES])
 def test_shellcheck(script):
     res = subprocess.run(["shellcheck", "--shell=bash", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("given, missing", [({}, "S1"), ({"S1": "runs/x"}, "OUT")])
+def test_cpu_stages_names_a_missing_input_and_runs_nothing(tmp_path, given, missing):
+    env = {k: v for k, v in _env(**given).items() if k not in {"S1", "OUT"} - set(given)}
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode != 0 and f"{missing}: set {missing}" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------- TPU

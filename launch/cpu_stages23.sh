@@ -1,0 +1,47 @@
+#!/bin/bash
+# Stages 2 and 3 of the shipped ShapesEdit recipe (README, "How the shipped model was made", steps 2
+# to 5) from a width-256 stage-1 model, then its pairs and 30 turns; about 45 minutes on 2 CPU cores:
+#     S1=runs/gpu_w256 OUT=runs/recipe bash launch/cpu_stages23.sh
+# S1: the stage-1 training workdir (its EMA weights are released first, to ${OUT}_s1) or release.
+# It makes ${OUT}_s2 (300 steps of teacher-forced stage 2, no history degradation), ${OUT}_blend
+# (half stage 1, half stage 2), ${OUT}_s3 (150 steps of consistency distillation from the blend),
+# ${OUT}_release (bfloat16, as shipped), ${OUT}_pairs.txt (benchmarks/edit_by_type.py) and ${OUT}_eval
+# (30 held-out turns, anchor and naive). Nothing that exists is overwritten: a finished step is
+# skipped (train and distill resume a workdir they left unfinished).
+set -euo pipefail
+S1=${S1:?set S1 to the stage-1 workdir or release}
+OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
+MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
+DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
+      --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
+      --config.data.edit_weights.resize=3.0 --config.data.edit_weights.background=0.5
+      --config.data.edit_weights.remove=0.6 --config.progress_bar=False)
+say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+if [ -d "$S1/checkpoints" ]; then
+  [ -e "${OUT}_s1" ] || python -m anchoredit_jax.release --checkpoint "$S1" --out "${OUT}_s1" >/dev/null
+  S1=${OUT}_s1
+fi
+say "stage 2 -> ${OUT}_s2"
+python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir "${OUT}_s2" --config.seed=3 \
+  "${MODEL[@]}" "${DATA[@]}" --config.init_from="$S1" --config.stage2.outside_mask_weight=0.5 \
+  --config.num_steps=300 --config.optim.warmup_steps=20 --config.optim.lr=1e-5 \
+  --config.stage2.ratio_ramp_end=200 --config.ema_decay=0.99 --config.checkpoint.every=100 \
+  --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 | tail -1
+say "blend -> ${OUT}_blend"
+[ -e "${OUT}_blend" ] || python benchmarks/blend_weights.py --a "$S1" --b "${OUT}_s2" --alpha 0.5 --out "${OUT}_blend"
+say "stage 3 -> ${OUT}_s3"
+python -m anchoredit_jax.distill --config configs/stage3_shapes.py --workdir "${OUT}_s3" --config.seed=2 \
+  "${MODEL[@]}" "${DATA[@]}" --config.distill.teacher="${OUT}_blend" --config.num_steps=150 | tail -1
+say "release -> ${OUT}_release"
+[ -e "${OUT}_release" ] || python -m anchoredit_jax.release --checkpoint "${OUT}_s3" --dtype bfloat16 \
+  --out "${OUT}_release" >/dev/null
+say "pairs -> ${OUT}_pairs.txt"
+[ -e "${OUT}_pairs.txt" ] || python benchmarks/edit_by_type.py --checkpoint "${OUT}_release" --guidance 1 \
+  --steps 4 > "${OUT}_pairs.txt"
+grep "model g=" "${OUT}_pairs.txt"
+say "30 turns -> ${OUT}_eval"
+[ -e "${OUT}_eval" ] || python -m anchoredit_jax.evaluate --checkpoint "s3=${OUT}_release" \
+  --methods anchor_w4,naive --turns 30 --num-sequences 16 --out "${OUT}_eval"
+python benchmarks/readme_tables.py "${OUT}_eval"
+say done
