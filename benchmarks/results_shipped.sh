@@ -13,3 +13,4 @@ S1=stage1=$S1_DIR; S3=stage3=$S3_DIR
 time $E --checkpoint $S1 --checkpoint $S3 --methods anchor_w4,no_anchor_w4,naive,copy --turns 30 --num-sequences 16 --out out/shipped_main
 time $E --checkpoint $S1 --checkpoint $S3 --methods anchor_w4,naive --turns 10 --num-sequences 16 --protocols roundtrip,noop --out out/shipped_protocols
 time $E --checkpoint $S3 --methods anchor_w4,naive,mcie,mcie_anchor_w4 --turns 10 --num-sequences 16 --out out/shipped_mcie
+time $E --checkpoint $S3 --methods anchor_w4 --steps 1,2,4,8 --turns 30 --num-sequences 16 --out out/shipped_steps
