@@ -73,3 +73,34 @@ def check_config_flags(argv: list[str], flag: str = "config") -> None:
             hint = f"; did you mean {', '.join(close)}?" if close else (
                 f"; {where} has {', '.join(sorted(options))}" if options else "")
             sys.exit(f"error: --{flag}.{key}: {file} has no key {part!r} under {where}{hint}")
+
+
+# What a run started from another (init_from, a distillation teacher) takes from its own config, not
+# from the source's: differences here are usually an omission (stage-2 configs draw stage 1's
+# default mix of edit types unless told), so the training programs log them.
+INHERITED_DATA_KEYS = ("kind", "path", "resolution", "edit_weights")
+
+
+def data_differences(config: ml_collections.ConfigDict, source: str) -> list[str]:
+    """`--config.data.X=<source's value>` for each of INHERITED_DATA_KEYS (edit weights one by one)
+    where this config differs from the config.json of the training workdir or release at `source`;
+    [] where the source has no config.json (a diffusers or params folder)."""
+    import json
+
+    path = os.path.join(source, "config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        theirs = json.load(f).get("data", {})
+    ours = config.data.to_dict()
+
+    def flat(d, prefix):
+        return {f"{prefix}{k}": v for k, v in d.items()} if isinstance(d, dict) else {prefix.rstrip("."): d}
+
+    out = []
+    for key in INHERITED_DATA_KEYS:
+        if key not in theirs:
+            continue
+        mine, src = flat(ours.get(key), f"{key}."), flat(theirs[key], f"{key}.")
+        out += [f"--config.data.{k}={v}" for k, v in sorted(src.items()) if mine.get(k) != v]
+    return out

@@ -155,7 +155,7 @@ def distill_flops(config, mcfg, n_tokens):
     return config.data.num_turns * per_turn + 3 * fwd()
 
 
-def load_teacher(cfg, fresh: dict, shardings):
+def load_teacher(cfg, fresh: dict, shardings, config: ml_collections.ConfigDict | None = None):
     """Teacher params from a training workdir (cfg.teacher, weights cfg.teacher_weights), or for
     cfg.teacher == "random" (tests) the fresh initialisation with every tensor perturbed (the init
     zeroes the output projection, and a teacher that predicts v = 0 has nothing to distil)."""
@@ -166,7 +166,8 @@ def load_teacher(cfg, fresh: dict, shardings):
         return jax.device_put(jax.tree.unflatten(tree, noisy), shardings)
     if not cfg.teacher:
         raise ValueError("config.distill.teacher is empty: give a stage-2 workdir (or 'random' for tests)")
-    return train_lib.load_init_params(cfg.teacher, fresh, (), shardings, weights=cfg.teacher_weights)
+    return train_lib.load_init_params(cfg.teacher, fresh, (), shardings, weights=cfg.teacher_weights,
+                                      config=config)
 
 
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -191,7 +192,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if restored is not None:
         state = restored
     else:  # student = target = teacher at step 0
-        teacher = load_teacher(cfg, state.params, state_sh.params)
+        teacher = load_teacher(cfg, state.params, state_sh.params, config)
         copy = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731  (three buffers: the state is donated)
         state = state.replace(params=copy(teacher), ema=copy(teacher), teacher=teacher, opt_state=jax.jit(
             tx.init, out_shardings=state_sh.opt_state)(teacher))

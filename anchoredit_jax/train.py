@@ -292,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state = restored
     elif config.init_from:
         params = load_init_params(config.init_from, state.params, tuple(config.get("init_reinit", ())),
-                                  state_sh.params, weights=config.get("init_weights", "ema"))
+                                  state_sh.params, weights=config.get("init_weights", "ema"), config=config)
         # the EMA starts from the loaded weights too, not the random init (own buffers: the state is donated)
         state = state.replace(params=params, ema=None if state.ema is None else jax.tree.map(jnp.copy, params))
 
@@ -346,13 +346,18 @@ def text_batches(enc, frozen, config, data_iter, ranks: dict, batch_sh: dict):
     return next_batch
 
 
-def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings, weights: str = "ema"):
+def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings, weights: str = "ema",
+                     config: ml_collections.ConfigDict | None = None):
     """Params from a training workdir (its EMA), a release, a diffusers transformer folder or a params folder.
 
     Tensors named in `reinit` ("a/b/kernel" paths) keep their fresh initialisation (e.g. the text
     projection when the text encoder differs from the checkpoint's); every other tensor must match
-    in shape, and the first one that does not is named.
+    in shape, and the first one that does not is named. With `config`, a warning names the flags
+    that would train on the same data as the source did (config_lib.data_differences).
     """
+    if config is not None and (diffs := config_lib.data_differences(config, path)):
+        logging.warning("%s was trained on other data than this config's; to train on the same, pass %s",
+                        path, " ".join(diffs))
     from anchoredit_jax import interop, release
 
     # a training workdir (e.g. stage 1 for stage 2) or a release (e.g. weights/shapes_stage3): load_trained reads both

@@ -110,6 +110,30 @@ def test_init_from_a_release_loads_its_weights(workdir, tmp_path):
     chex.assert_trees_all_equal(ema, got)
 
 
+def test_init_from_names_the_data_flags_the_source_was_trained_with(workdir, caplog):
+    """A run started from another with a different data mix (stage-2 configs draw stage 1's default
+    mix unless told) gets one warning with the flags that would match the source; none if it matches."""
+    import flax.linen as nn
+
+    from anchoredit_jax import config_lib
+    from anchoredit_jax.model import init_params
+
+    same = load_config(os.path.join(ROOT, "configs/stage2_shapes.py"), "test")
+    assert config_lib.data_differences(same, workdir) == []  # stage 2 on stage 1's defaults: the same data
+    other = load_config(os.path.join(ROOT, "configs/stage2_shapes.py"), "test", **{
+        "data.edit_weights.add": 9.0, "data.edit_weights.move": 0.5})
+    src = json.load(open(os.path.join(workdir, "config.json")))["data"]["edit_weights"]
+    assert config_lib.data_differences(other, workdir) == [
+        f"--config.data.edit_weights.add={src['add']}", f"--config.data.edit_weights.move={src['move']}"]
+    _, mcfg, _ = checkpointing.load_trained(workdir)
+    fresh = nn.unbox(init_params(mcfg, jax.random.key(1)))
+    with caplog.at_level(logging.WARNING):
+        train_lib.load_init_params(workdir, fresh, (), None, config=other)
+    warned = [r.getMessage() for r in caplog.records if "trained on other data" in r.getMessage()]
+    assert len(warned) == 1 and f"--config.data.edit_weights.add={src['add']}" in warned[0]
+    assert config_lib.data_differences(other, os.path.dirname(workdir)) == []  # no config.json: nothing to say
+
+
 def test_init_from_starts_the_ema_from_the_loaded_weights(workdir, tmp_path):
     """After one step at learning rate 0 the EMA is still the init_from weights (not mixed with a random init)."""
     cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
