@@ -3,6 +3,7 @@ usable wherever a training workdir is (edit CLI)."""
 import json
 import logging
 import os
+import re
 
 import chex
 import jax
@@ -255,3 +256,22 @@ def test_blend_weights_is_the_weighted_mean_in_a_new_release(workdir, tmp_path, 
             blend.main(["--a", a, "--b", raw_rel] + bad)
         assert why in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "x"))
+
+
+def test_val_loss_script_gives_the_loss_the_run_logged(tmp_path, capsys):
+    """benchmarks/val_loss.py evaluates the same held-out pairs, noise and timesteps as training."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import val_loss
+
+    wd = str(tmp_path / "run")
+    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
+        "num_steps": 2, "val.sample_every": 0, "eval_every": 2, "checkpoint.every": 2,
+        "checkpoint.async_save": False, "ema_decay": 0.9})
+    train_lib.train(cfg, wd)
+    logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
+    logged = [r["val_loss"] for r in logged if "val_loss" in r][-1]  # the EMA's, as validation uses
+    val_loss.main(["--config", os.path.join(wd, "config.json"), wd, f"{wd}:params"])
+    got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+)$", capsys.readouterr().out, re.M))
+    assert float(got[wd]) == pytest.approx(logged, abs=5e-5)
+    assert float(got[f"{wd}:params"]) != float(got[wd])  # raw weights differ from the EMA's
