@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from anchoredit_jax import editor, eval_metrics, evaluate, flow, stage1  # noqa: E402
+from anchoredit_jax import checkpointing, editor, eval_metrics, evaluate, flow, stage1  # noqa: E402
 from anchoredit_jax.data.contact_sheet import save_contact_sheet  # noqa: E402
 from anchoredit_jax.data.images import to_float, to_uint8  # noqa: E402
 from anchoredit_jax.data.shapes_edit import generate_pair  # noqa: E402
@@ -61,6 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sheet", default="", help="write a contact sheet of the outputs, by edit type, here")
     ap.add_argument("--per-type", type=int, default=3, help="pairs per edit type on --sheet")
     args = ap.parse_args(argv)
+    checkpointing.quiet_orbax_logging()
 
     ld = evaluate.load_checkpoint(args.checkpoint, args.weights, args.vae)
     n = args.num_pairs

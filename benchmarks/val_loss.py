@@ -21,6 +21,7 @@ def main(argv=None) -> None:
     ap.add_argument("--config", required=True, help="a run's config.json (data, text, VAE, validation)")
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args(argv)
+    checkpointing.quiet_orbax_logging()
     with open(args.config) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     cfg.data.worker_count = 0
