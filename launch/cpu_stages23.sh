@@ -1,6 +1,6 @@
 #!/bin/bash
 # Stages 2 and 3 of the shipped ShapesEdit recipe (README, "How the shipped model was made", steps 2
-# to 5) from a width-256 stage-1 model, then its pairs and 30 turns; about 45 minutes on 2 CPU cores:
+# to 5) from a width-256 stage-1 model, then its pairs and 30 turns; about an hour on 2 CPU cores:
 #     S1=runs/gpu_w256 OUT=runs/recipe bash launch/cpu_stages23.sh
 # S1: the stage-1 training workdir (its EMA weights are released first, to ${OUT}_s1) or release.
 # It makes ${OUT}_s2 (300 steps of teacher-forced stage 2, no history degradation), ${OUT}_blend
