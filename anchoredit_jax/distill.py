@@ -158,7 +158,8 @@ def distill_flops(config, mcfg, n_tokens):
 def load_teacher(cfg, fresh: dict, shardings, config: ml_collections.ConfigDict | None = None):
     """Teacher params from a training workdir (cfg.teacher, weights cfg.teacher_weights), or for
     cfg.teacher == "random" (tests) the fresh initialisation with every tensor perturbed (the init
-    zeroes the output projection, and a teacher that predicts v = 0 has nothing to distil)."""
+    zeroes the output projection, and a teacher that predicts v = 0 has nothing to distil). With
+    `config`, a teacher trained on other data than config.data is named in a warning."""
     if cfg.teacher == "random":
         leaves, tree = jax.tree.flatten(fresh)
         keys = jax.random.split(jax.random.PRNGKey(17), len(leaves))
