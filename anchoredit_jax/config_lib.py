@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import sys
 
@@ -85,8 +86,6 @@ def data_differences(config: ml_collections.ConfigDict, source: str) -> list[str
     """`--config.data.X=<source's value>` for each of INHERITED_DATA_KEYS (edit weights one by one)
     where this config differs from the config.json of the training workdir or release at `source`;
     [] where the source has no config.json (a diffusers or params folder)."""
-    import json
-
     path = os.path.join(source, "config.json")
     if not os.path.isfile(path):
         return []

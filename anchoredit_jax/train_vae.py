@@ -350,8 +350,8 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # its progress is printed; INFO would be orbax's only
-    checkpointing.quiet_orbax_logging()
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
+    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # bad config or init_from: one line, no traceback
