@@ -31,10 +31,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> tuple[op
     return tx, schedule
 
 
-def ema_update(ema, params, decay: float, step):
-    """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)).
+def ema_update(ema, params, decay: float, step, warmup: bool = True):
+    """ema <- d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step)), or d = decay
+    from the first step when warmup is False.
 
-    The warm-up keeps early EMAs from being mostly the initialisation (0.999^500 is still 0.6).
+    The warm-up keeps early EMAs from being mostly the initialisation (0.999^500 is still 0.6); when
+    the initialisation is itself a trained average (a run continued with init_from), that is what
+    one wants, hence warmup=False.
     """
-    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else jnp.asarray(decay, jnp.float32)
     return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)

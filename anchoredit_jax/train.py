@@ -302,7 +302,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new, _, grad_norm = guarded_update(state, tx, loss, grads, config.debug.nan_at_step)
-        ema = optim.ema_update(state.ema, new.params, config.ema_decay, state.step) if config.ema_decay else None
+        ema = (optim.ema_update(state.ema, new.params, config.ema_decay, state.step, config.get("ema_warmup", True))
+               if config.ema_decay else None)
         new = new.replace(step=state.step + 1, ema=ema)
         lr = schedule(state.step // config.optim.grad_accum_steps)
         return new, {"loss": loss, "grad_norm": grad_norm, "param_norm": optax.tree.norm(new.params),

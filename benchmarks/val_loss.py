@@ -4,6 +4,10 @@ releases or training workdirs, under one run's config, e.g. the weights a run st
     python benchmarks/val_loss.py --config runs/anneal_w256/config.json out/shapes_stage1 runs/anneal_w256
 
 Each CHECKPOINT is a release or workdir (its EMA weights; `PATH:params` or `PATH:best` for others).
+`--num-examples N` evaluates N held-out pairs instead of the run's few (val.num_examples: 6 for
+configs/stage1_shapes.py), for a figure that tells close checkpoints apart: the first pairs are the
+run's own, but noise and timesteps are drawn anew for the larger batch, so the figure is not the
+logged one.
 """
 from __future__ import annotations
 
@@ -19,12 +23,18 @@ from anchoredit_jax import train as train_lib
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a run's config.json (data, text, VAE, validation)")
+    ap.add_argument("--num-examples", type=int, default=0, help="held-out pairs (default: the run's val.num_examples)")
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args(argv)
+    if args.num_examples < 0:
+        ap.error(f"--num-examples must be positive, got {args.num_examples}")
     checkpointing.quiet_orbax_logging()
     with open(args.config) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     cfg.data.worker_count = 0
+    if args.num_examples:
+        cfg.val.num_examples = args.num_examples
+    print(f"{cfg.val.num_examples} held-out pairs ({cfg.val.split}, seeds from {cfg.val.seed_offset})")
     _, tokenize = train_lib.make_data(cfg, "pair")
     _, model, enc, frozen = train_lib.load_model_and_encoders(cfg)
     val = samples.Stage1Validation(cfg, enc, tokenize, model)

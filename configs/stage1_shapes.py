@@ -24,6 +24,7 @@ def get_config(arg: str = ""):
     c.init_from = ""  # a training workdir, a diffusers transformer folder or an anchoredit_jax params folder
     c.init_weights = "ema"  # from a training workdir: "ema", "params" (raw, latest) or "best"
     c.ema_decay = 0.0 if test else 0.999
+    c.ema_warmup = True  # False: full decay from step 0 (continuing a trained model with init_from)
 
     # 4 blocks of width 128 at 8x8 latents. Patch 1 (64 tokens per frame, one per 8x8 px): at
     # patch 2 (16 tokens, 16x16 px each) shapes and eyes came out as blobs and edits were not

@@ -24,6 +24,7 @@ def get_config():
     c.init_from = ""  # required in practice: the diffusers transformer folder
     c.init_reinit = ["condition_embedder/text_embedder/linear_1/kernel"]  # 384-d MiniLM, not 4096-d umT5
     c.ema_decay = 0.9999
+    c.ema_warmup = True  # False: full decay from step 0 (continuing a trained model with init_from)
 
     c.model = ml_collections.ConfigDict(dict(
         num_layers=30, num_heads=12, head_dim=128, ffn_dim=8960, in_channels=16, out_channels=16,

@@ -275,3 +275,6 @@ def test_val_loss_script_gives_the_loss_the_run_logged(tmp_path, capsys):
     got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+)$", capsys.readouterr().out, re.M))
     assert float(got[wd]) == pytest.approx(logged, abs=5e-5)
     assert float(got[f"{wd}:params"]) != float(got[wd])  # raw weights differ from the EMA's
+    val_loss.main(["--config", os.path.join(wd, "config.json"), "--num-examples", "9", wd])
+    out = capsys.readouterr().out
+    assert out.startswith("9 held-out pairs") and float(re.findall(r"val_loss ([0-9.]+)", out)[0]) != float(got[wd])

@@ -177,6 +177,25 @@ def test_ema_warmup():
     assert float(e["w"][0]) > 0.8  # without the warm-up: 1 - 0.999**20 = 0.02
     late = ema_update(ema, p, 0.999, 10**6)
     np.testing.assert_allclose(late["w"], 0.001, rtol=1e-4)
+    np.testing.assert_allclose(ema_update(ema, p, 0.999, 0, warmup=False)["w"], 0.001, rtol=1e-4)
+
+
+def test_init_from_without_ema_warmup_keeps_the_full_decay(tmp_path):
+    """ema_warmup=False: the EMA of a continued run starts at the loaded weights and moves at ema_decay
+    from the first step (with the warm-up it would be nearly the new raw weights: d = 0.1 at step 0)."""
+    common = {"checkpoint.async_save": False, "mesh.num_devices": 1, "checkpoint.every": 1}
+    train_lib.train(_config(num_steps=1, **common), str(tmp_path / "a"))
+    cfg = _config(num_steps=2, init_from=str(tmp_path / "a"), init_weights="params", ema_decay=0.9,
+                  ema_warmup=False, **common)
+    train_lib.train(cfg, str(tmp_path / "b"))
+    with ocp.StandardCheckpointer() as ck:  # step 1 has learning rate 0 (warm-up): step 2 is the one that moves
+        b = ck.restore(os.path.join(tmp_path / "b", "checkpoints", "2", "state"))
+    a = _params(tmp_path / "a", 1)
+    want = jax.tree.map(lambda x, y: 0.9 * np.asarray(x) + 0.1 * np.asarray(y), a, b["params"])
+    jax.tree.map(lambda w, e: np.testing.assert_allclose(e, w, rtol=1e-5, atol=1e-7), want, b["ema"])
+    moved = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(np.asarray(x) - np.asarray(y)).max()),
+                                         a, b["params"]))
+    assert max(moved) > 1e-4  # the step changed the weights, so the comparison above can fail
 
 
 def test_previews_and_best_checkpoint_are_written(tmp_path):
