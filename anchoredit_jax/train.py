@@ -295,6 +295,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   state_sh.params, weights=config.get("init_weights", "ema"), config=config)
         # the EMA starts from the loaded weights too, not the random init (own buffers: the state is donated)
         state = state.replace(params=params, ema=None if state.ema is None else jax.tree.map(jnp.copy, params))
+    elif config.ema_decay and not config.get("ema_warmup", True):
+        logging.warning("config.ema_warmup=False without config.init_from: the EMA starts at the random "
+                        "initialisation and still holds %.0f%% of it at the last step", 100 * config.ema_decay
+                        ** config.num_steps)
 
     # 4. The update step: jit with explicit shardings, state donated.
     def train_step(state: TrainState, frozen, batch):

@@ -180,14 +180,21 @@ def test_ema_warmup():
     np.testing.assert_allclose(ema_update(ema, p, 0.999, 0, warmup=False)["w"], 0.001, rtol=1e-4)
 
 
-def test_init_from_without_ema_warmup_keeps_the_full_decay(tmp_path):
+def test_init_from_without_ema_warmup_keeps_the_full_decay(tmp_path, caplog):
     """ema_warmup=False: the EMA of a continued run starts at the loaded weights and moves at ema_decay
-    from the first step (with the warm-up it would be nearly the new raw weights: d = 0.1 at step 0)."""
-    common = {"checkpoint.async_save": False, "mesh.num_devices": 1, "checkpoint.every": 1}
-    train_lib.train(_config(num_steps=1, **common), str(tmp_path / "a"))
-    cfg = _config(num_steps=2, init_from=str(tmp_path / "a"), init_weights="params", ema_decay=0.9,
-                  ema_warmup=False, **common)
-    train_lib.train(cfg, str(tmp_path / "b"))
+    from the first step (with the warm-up it would be nearly the new raw weights: d = 0.1 at step 0).
+    Without init_from it would average the random initialisation: that is named."""
+    import logging
+    common = {"checkpoint.async_save": False, "mesh.num_devices": 1, "checkpoint.every": 1,
+              "ema_decay": 0.9, "ema_warmup": False}
+    with caplog.at_level(logging.WARNING):
+        train_lib.train(_config(num_steps=1, **common), str(tmp_path / "a"))
+    assert "ema_warmup=False without config.init_from" in caplog.text and "holds 90% of it" in caplog.text
+    caplog.clear()
+    cfg = _config(num_steps=2, init_from=str(tmp_path / "a"), init_weights="params", **common)
+    with caplog.at_level(logging.WARNING):
+        train_lib.train(cfg, str(tmp_path / "b"))
+    assert "ema_warmup" not in caplog.text
     with ocp.StandardCheckpointer() as ck:  # step 1 has learning rate 0 (warm-up): step 2 is the one that moves
         b = ck.restore(os.path.join(tmp_path / "b", "checkpoints", "2", "state"))
     a = _params(tmp_path / "a", 1)
