@@ -287,6 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     frozen = jax.device_put(frozen, sharding.replicated(mesh))
 
     # 3. Restore (latest checkpoint), else optional init from pretrained weights.
+    ema_warmup = config.get("ema_warmup", True)  # configs saved before the option have none
     manager, restored, start = open_checkpoints(config, workdir, abstract, state_sh, data_iter)
     if restored is not None:
         state = restored
@@ -295,7 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   state_sh.params, weights=config.get("init_weights", "ema"), config=config)
         # the EMA starts from the loaded weights too, not the random init (own buffers: the state is donated)
         state = state.replace(params=params, ema=None if state.ema is None else jax.tree.map(jnp.copy, params))
-    elif config.ema_decay and not config.get("ema_warmup", True):
+    elif config.ema_decay and not ema_warmup:
         logging.warning("config.ema_warmup=False without config.init_from: the EMA starts at the random "
                         "initialisation and still holds %.0f%% of it at the last step", 100 * config.ema_decay
                         ** config.num_steps)
@@ -306,7 +307,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new, _, grad_norm = guarded_update(state, tx, loss, grads, config.debug.nan_at_step)
-        ema = (optim.ema_update(state.ema, new.params, config.ema_decay, state.step, config.get("ema_warmup", True))
+        ema = (optim.ema_update(state.ema, new.params, config.ema_decay, state.step, ema_warmup)
                if config.ema_decay else None)
         new = new.replace(step=state.step + 1, ema=ema)
         lr = schedule(state.step // config.optim.grad_accum_steps)

@@ -23,16 +23,16 @@ from anchoredit_jax import train as train_lib
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a run's config.json (data, text, VAE, validation)")
-    ap.add_argument("--num-examples", type=int, default=0, help="held-out pairs (default: the run's val.num_examples)")
+    ap.add_argument("--num-examples", type=int, help="held-out pairs (default: the run's val.num_examples)")
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args(argv)
-    if args.num_examples < 0:
+    if args.num_examples is not None and args.num_examples <= 0:
         ap.error(f"--num-examples must be positive, got {args.num_examples}")
     checkpointing.quiet_orbax_logging()
     with open(args.config) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     cfg.data.worker_count = 0
-    if args.num_examples:
+    if args.num_examples is not None:
         cfg.val.num_examples = args.num_examples
     print(f"{cfg.val.num_examples} held-out pairs ({cfg.val.split}, seeds from {cfg.val.seed_offset})")
     _, tokenize = train_lib.make_data(cfg, "pair")

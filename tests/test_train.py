@@ -1,4 +1,5 @@
 """Stage-1 training: sharding invariance, exact resume after SIGKILL, SIGTERM, NaN guard, 2 processes."""
+import logging
 import os
 import signal
 import socket
@@ -184,7 +185,6 @@ def test_init_from_without_ema_warmup_keeps_the_full_decay(tmp_path, caplog):
     """ema_warmup=False: the EMA of a continued run starts at the loaded weights and moves at ema_decay
     from the first step (with the warm-up it would be nearly the new raw weights: d = 0.1 at step 0).
     Without init_from it would average the random initialisation: that is named."""
-    import logging
     common = {"checkpoint.async_save": False, "mesh.num_devices": 1, "checkpoint.every": 1,
               "ema_decay": 0.9, "ema_warmup": False}
     with caplog.at_level(logging.WARNING):
