@@ -21,20 +21,43 @@ from anchoredit_jax.data.images import to_float, to_uint8
 
 
 class Stage1Validation:
-    """`run(params, frozen, step, workdir, write)` -> {"val_loss": ...}; writes samples/step_N.png."""
+    """`run(params, frozen, step, workdir, write)` -> {"val_loss": ...}; writes samples/step_N.png.
+
+    val.loss_examples held-out pairs (default val.num_examples) give the loss, val.batch_size of
+    them per jitted call; the first val.num_examples of them make the preview sheet. A handful of
+    pairs is a smoke alarm, not a ruler: six could not rank checkpoints about 1% apart that 1024 could
+    (docs/experiments.md), and the best checkpoint is chosen on this figure.
+    """
 
     def __init__(self, config, enc, tokenize, model):
         self.config, self.enc, self.model = config, enc, model
-        n, res = config.val.num_examples, config.data.resolution
-        seqs = [generate_sequence(config.val.seed_offset + i, 1, res, split=config.val.split) for i in range(n)]
+        v, res = config.val, config.data.resolution
+        n, n_preview = v.get("loss_examples", v.num_examples), v.num_examples
+        chunk = v.get("batch_size", min(n, 64))
+        for key, value in (("num_examples", n_preview), ("loss_examples", n), ("batch_size", chunk)):
+            if value <= 0:
+                raise ValueError(f"config.val.{key} must be positive, got {value}")
+        if n_preview > n:
+            raise ValueError(f"config.val.num_examples ({n_preview}, the preview pairs) must not exceed "
+                             f"config.val.loss_examples ({n}): the preview shows the first loss pairs")
+        seqs = [generate_sequence(v.seed_offset + i, 1, res, split=v.split) for i in range(n)]
         self.instructions = [s.instructions[0] for s in seqs]
         ids, mask = tokenize(self.instructions)
-        f = lambda a: to_float(np.asarray(a))  # noqa: E731
-        self.batch = dict(source=f([s.source for s in seqs]), target=f([s.targets[0] for s in seqs]),
+        # uint8 on the host; floats only for the chunk in flight (256 pairs of 256² floats: 400 MB)
+        self.pairs = dict(source=np.stack([s.source for s in seqs]), target=np.stack([s.targets[0] for s in seqs]),
                           mask=np.asarray([s.masks[0] for s in seqs], np.float32), has_mask=np.ones(n, np.float32),
                           ids=np.asarray(ids), ids_mask=np.asarray(mask))
+        self.chunks = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+        self.num_preview = n_preview
         self._loss = jax.jit(self._loss_impl)
         self._sample = jax.jit(self._sample_impl)
+        self._decode = jax.jit(enc.decode_latents)  # only for the preview: the metric is on latents
+
+    def batch(self, start: int, stop: int) -> dict:
+        """Pairs [start, stop) as the model's inputs: images in [-1, 1], float masks, token ids."""
+        b = {k: a[start:stop] for k, a in self.pairs.items()}
+        b["source"], b["target"] = to_float(b["source"]), to_float(b["target"])
+        return b
 
     def _prepare(self, frozen, b):
         enc = self.enc
@@ -42,16 +65,16 @@ class Stage1Validation:
         return (enc.encode_images(frozen, b["source"]), enc.encode_images(frozen, b["target"]), text, text_mask,
                 enc.latent_mask(b["mask"]))
 
-    def _loss_impl(self, params, frozen, b):
+    def _loss_impl(self, params, frozen, b, rng):
         src, tgt, text, text_mask, lmask = self._prepare(frozen, b)
         null_text, null_mask = self.enc.null_text()
-        loss, _ = stage1.loss_fn(params, self.model, jax.random.PRNGKey(1234), source=src, target=tgt, text=text,
+        loss, _ = stage1.loss_fn(params, self.model, rng, source=src, target=tgt, text=text,
                                  text_mask=text_mask, null_text=null_text, null_mask=null_mask, edit_mask=lmask,
                                  has_mask=b["has_mask"], cfg=self.config.stage1)
         return loss
 
-    def _sample_impl(self, params, frozen, b):
-        """-> (decoded samples, latent MSE of the samples against the targets)."""
+    def _sample_impl(self, params, frozen, b, rng):
+        """-> (sampled latents, their MSE against the target latents)."""
         src, tgt, text, text_mask, _ = self._prepare(frozen, b)
         n = src.shape[0]
         null_text, null_mask = self.enc.null_text((n,))
@@ -65,27 +88,33 @@ class Stage1Validation:
             return v[:n], v[n:]
 
         cfg = self.config.val
-        noise = jax.random.normal(jax.random.PRNGKey(7), src.shape)
+        k_noise, k_sampler = jax.random.split(rng)
+        noise = jax.random.normal(k_noise, src.shape)
         x0 = sampler.sample(sampler.guided(v_fn, cfg.guidance), noise, cfg.sample_steps, method=cfg.sampler,
-                            shift=cfg.sample_shift, rng=jax.random.PRNGKey(8))
-        return self.enc.decode_latents(frozen, x0), jnp.mean(jnp.square(x0 - tgt))
+                            shift=cfg.sample_shift, rng=k_sampler)
+        return x0, jnp.mean(jnp.square(x0 - tgt))
 
     def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:
         metric = self.config.val.get("metric", "flow_loss")
         if metric not in ("flow_loss", "sample_mse"):
             raise ValueError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
         preview = self.config.val.sample_every and step % self.config.val.sample_every == 0 and write
-        out = {}
-        if metric == "flow_loss":
-            out["val_loss"] = float(self._loss(params, frozen, self.batch))
-        if metric == "sample_mse" or preview:  # one sampling pass serves both
-            images, mse = self._sample(params, frozen, self.batch)
-            if metric == "sample_mse":
-                out["val_loss"] = float(mse)
+        # fixed keys, one per chunk: the figure is comparable across steps, and the preview is the
+        # same pictures whichever the metric
+        loss_key, sample_key = jax.random.PRNGKey(1234), jax.random.PRNGKey(7)
+        total, latents = 0.0, []
+        for i, (a, z) in enumerate(self.chunks):
+            b = self.batch(a, z)
+            if metric == "flow_loss":
+                total += float(self._loss(params, frozen, b, jax.random.fold_in(loss_key, i))) * (z - a)
+            if metric == "sample_mse" or (preview and a < self.num_preview):  # one pass serves both
+                x0, mse = self._sample(params, frozen, b, jax.random.fold_in(sample_key, i))
+                total += float(mse) * (z - a) if metric == "sample_mse" else 0.0
+                latents.append(x0[:max(0, self.num_preview - a)])
         if preview:
-            pred = to_uint8(images)
-            src, tgt = to_uint8(self.batch["source"]), to_uint8(self.batch["target"])
+            pred = to_uint8(self._decode(frozen, jnp.concatenate(latents)))
+            src, tgt = self.pairs["source"], self.pairs["target"]
             rows = [[(src[i], "source"), (pred[i], self.instructions[i]), (tgt[i], "target")]
-                    for i in range(len(self.instructions))]
+                    for i in range(self.num_preview)]
             save_contact_sheet(rows, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
-        return out
+        return {"val_loss": total / self.chunks[-1][1]}

@@ -4,15 +4,16 @@ releases or training workdirs, under one run's config, e.g. the weights a run st
     python benchmarks/val_loss.py --config runs/anneal_w256/config.json out/shapes_stage1 runs/anneal_w256
 
 Each CHECKPOINT is a release or workdir (its EMA weights; `PATH:params` or `PATH:best` for others).
-`--num-examples N` evaluates N held-out pairs instead of the run's few (val.num_examples: 6 for
-configs/stage1_shapes.py), for a figure that tells close checkpoints apart: the first pairs are the
-run's own, but noise and timesteps are drawn anew for the larger batch, so the figure is not the
-logged one.
+`--num-examples N` evaluates N held-out pairs instead of the run's val.loss_examples (256 for
+configs/stage1_shapes.py; runs from before 2026-12-05 used val.num_examples, 6), for a figure that
+tells close checkpoints apart: the first pairs are the run's own, and so are the noise and
+timesteps of each val.batch_size chunk of them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import ml_collections
 
@@ -23,7 +24,7 @@ from anchoredit_jax import train as train_lib
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="a run's config.json (data, text, VAE, validation)")
-    ap.add_argument("--num-examples", type=int, help="held-out pairs (default: the run's val.num_examples)")
+    ap.add_argument("--num-examples", type=int, help="held-out pairs (default: the run's val.loss_examples)")
     ap.add_argument("checkpoints", nargs="+")
     args = ap.parse_args(argv)
     if args.num_examples is not None and args.num_examples <= 0:
@@ -33,15 +34,20 @@ def main(argv=None) -> None:
         cfg = ml_collections.ConfigDict(json.load(f))
     cfg.data.worker_count = 0
     if args.num_examples is not None:
-        cfg.val.num_examples = args.num_examples
-    print(f"{cfg.val.num_examples} held-out pairs ({cfg.val.split}, seeds from {cfg.val.seed_offset})")
+        cfg.val.loss_examples = args.num_examples
+        cfg.val.num_examples = min(cfg.val.num_examples, args.num_examples)  # the preview pairs: unused here
+    n = cfg.val.get("loss_examples", cfg.val.num_examples)
+    print(f"{n} held-out pairs ({cfg.val.split}, seeds from {cfg.val.seed_offset}); seconds per checkpoint, "
+          "the first with compilation")
     _, tokenize = train_lib.make_data(cfg, "pair")
     _, model, enc, frozen = train_lib.load_model_and_encoders(cfg)
     val = samples.Stage1Validation(cfg, enc, tokenize, model)
     for spec in args.checkpoints:
         path, _, which = spec.partition(":")
         _, _, params = checkpointing.load_trained(path, which=which or "ema")
-        print(f"{spec}: val_loss {val.run(params, frozen, 0, '', False)['val_loss']:.4f}")
+        t0 = time.perf_counter()
+        loss = val.run(params, frozen, 0, "", False)["val_loss"]
+        print(f"{spec}: val_loss {loss:.4f} ({time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def get_config(arg: str = ""):
         b1=0.9, b2=0.99, grad_clip=1.0, grad_accum_steps=1))
 
     c.val = ml_collections.ConfigDict(dict(
-        split="heldout_seeds", seed_offset=0, num_examples=4 if test else 6,
+        # the loss over loss_examples pairs, batch_size per call; the first num_examples make the preview
+        split="heldout_seeds", seed_offset=0, num_examples=4 if test else 6, loss_examples=8 if test else 256,
+        batch_size=4 if test else 64,
         sample_every=10 if test else 500, sample_steps=4 if test else 20, sampler="euler", sample_shift=1.0,
         guidance=3.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=5 if test else 500, max_to_keep=3, async_save=True))

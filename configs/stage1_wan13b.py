@@ -48,7 +48,8 @@ def get_config():
         lr=2e-5, warmup_steps=500, end_lr_factor=0.1, weight_decay=0.01, b1=0.9, b2=0.999, grad_clip=1.0,
         grad_accum_steps=1))
     c.val = ml_collections.ConfigDict(dict(
-        split="heldout_seeds", seed_offset=0, num_examples=4, sample_every=1000, sample_steps=30,
+        split="heldout_seeds", seed_offset=0, num_examples=4, loss_examples=64, batch_size=8,
+        sample_every=1000, sample_steps=30,
         sampler="euler", sample_shift=3.0, guidance=4.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, async_save=True))
     c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, step_sleep=0.0))

@@ -272,7 +272,7 @@ def test_val_loss_script_gives_the_loss_the_run_logged(tmp_path, capsys):
     logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     logged = [r["val_loss"] for r in logged if "val_loss" in r][-1]  # the EMA's, as validation uses
     val_loss.main(["--config", os.path.join(wd, "config.json"), wd, f"{wd}:params"])
-    got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+)$", capsys.readouterr().out, re.M))
+    got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+) \(", capsys.readouterr().out, re.M))
     assert float(got[wd]) == pytest.approx(logged, abs=5e-5)
     assert float(got[f"{wd}:params"]) != float(got[wd])  # raw weights differ from the EMA's
     val_loss.main(["--config", os.path.join(wd, "config.json"), "--num-examples", "9", wd])
