@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from anchoredit_jax import checkpointing
 from anchoredit_jax import edit as edit_cli
+from anchoredit_jax import edit_session
 from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
@@ -61,7 +62,7 @@ from anchoredit_jax.data.shapes_protocols import PROTOCOLS, make_sequence
 from anchoredit_jax.model import WanDiT
 from anchoredit_jax.train_vae import load_lpips
 
-EvalError = edit_cli.EditError  # one user-facing error type for both CLIs
+EvalError = edit_session.EditError  # one user-facing error type for both CLIs
 OUR_FILES = ("metrics.csv", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
 TABLE_TURNS = (1, 5, 10, 20, 30)
 TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "source_psnr")
@@ -195,8 +196,8 @@ class Loaded:
 
 def load_checkpoint(path: str, weights: str, vae: str = "") -> Loaded:
     """`vae`: a VAE workdir in place of the run config's vae.workdir (e.g. a decoder fine-tune)."""
-    config, mcfg, params, info = edit_cli.load_checkpoint(path, weights)
-    edit_cli.check_params(mcfg, params, f"--checkpoint {path}")
+    config, mcfg, params, info = edit_session.load_checkpoint(path, weights)
+    edit_session.check_params(mcfg, params, f"--checkpoint {path}")
     if vae:
         config.vae.workdir = vae
     try:

@@ -1,0 +1,183 @@
+"""The edit CLI's model side: a checkpoint loaded and checked against its config, the encoders, and
+the compiled turn (`Session`), for AnchorEdit or MCIE. `anchoredit_jax.edit` is the CLI around it;
+`anchoredit_jax.evaluate` loads checkpoints the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+import warnings
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from anchoredit_jax import checkpointing, editor, encoders, mcie, release
+from anchoredit_jax import model as model_lib
+from anchoredit_jax import text_encoder as te
+from anchoredit_jax.data.images import resolution_hw, to_float, to_uint8
+
+METHODS = ("anchoredit", "mcie")
+MCIE_DEFAULTS = mcie.MCIESettings()
+# (flag, MCIESettings field, type, help); argparse's dest is the field name
+MCIE_FLAGS = (
+    ("--inversion-steps", "inversion_steps", int, "inversion steps (0: as --steps)"),
+    ("--gamma", "gamma", float, "inversion LQR strength"),
+    ("--eta", "eta", float, "sampling LQR strength"),
+    ("--lam", "lam", float, "X_dual = X_src + lam (X_prev - X_src)"),
+    ("--guided-frac", "guided_frac", float, "share of the first sampling steps with the LQR on"),
+    ("--highlight-in", "highlight_in", float, "attention scale inside the highlight mask (in=out=1: off)"),
+    ("--highlight-out", "highlight_out", float, "attention scale outside the mask"),
+    ("--highlight-ranks", "highlight_ranks", float, "LO HI: blocks ranked by activation, fractions"),
+    ("--highlight-threshold", "highlight_threshold", float, "mask threshold on the sigmoid of the maps"),
+)
+
+
+def memory_layout(args) -> tuple[int, bool]:
+    """(window, keep_anchor): MCIE alone conditions on the previous frame only (window 1, no anchor)."""
+    if args.method == "mcie" and args.window is None:
+        return 1, False
+    return (args.window or 4), not args.no_anchor
+
+
+def mcie_settings(args, *, guidance: float, shift: float) -> mcie.MCIESettings:
+    """MCIESettings from the flags (unset ones keep the dataclass defaults); ValueError names a bad one."""
+    given = {field: (tuple(getattr(args, field)) if isinstance(getattr(MCIE_DEFAULTS, field), tuple)
+                     else getattr(args, field))
+             for _, field, _, _ in MCIE_FLAGS if getattr(args, field) is not None}
+    return dataclasses.replace(MCIE_DEFAULTS, num_steps=args.steps or MCIE_DEFAULTS.num_steps,
+                               method=args.sampler or MCIE_DEFAULTS.method, guidance=guidance, shift=shift,
+                               **given).validate()
+
+
+class EditError(Exception):
+    """A user-facing problem: main() prints the message (no traceback) and exits with 1."""
+
+
+def load_checkpoint(path: str, which: str):
+    if not os.path.isdir(path):
+        raise EditError(f"--checkpoint {path}: no such directory (expected a training workdir)")
+    try:
+        config, mcfg, params = checkpointing.load_trained(path, which=which)
+    except FileNotFoundError as e:
+        raise EditError(f"--checkpoint: {e}") from None
+    except Exception as e:  # noqa: BLE001 - orbax/config errors come in many types; one line for the user
+        raise EditError(f"--checkpoint {path}: cannot load the {which} weights ({type(e).__name__}: {e})") from None
+    step = checkpointing.trained_step(path, which)
+    if release.is_release(path):  # one set of weights; where it came from is in release.json
+        with open(os.path.join(path, "release.json")) as f:
+            return config, mcfg, params, {"step": step, "weights": "release", "weights_used": json.load(f)["weights"]}
+    used = "params" if which == "ema" and not config.get("ema_decay", 0.0) else which  # no EMA kept: raw params
+    return config, mcfg, params, {"step": step, "weights": which, "weights_used": used}
+
+
+def check_params(mcfg: model_lib.DiTConfig, params, where: str) -> None:
+    """The checkpoint's params must have exactly the tree and shapes its config.json builds."""
+    want = traverse_util.flatten_dict(nn.unbox(model_lib.abstract_params(mcfg)))
+    got = traverse_util.flatten_dict(params) if isinstance(params, dict) else {}
+    name = "/".join
+    bad = [f"{name(k)}: checkpoint {tuple(got[k].shape)} vs config {tuple(want[k].shape)}"
+           for k in sorted(want.keys() & got.keys()) if tuple(got[k].shape) != tuple(want[k].shape)]
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    if bad or missing or extra:
+        first = (bad + [f"missing {name(k)}" for k in missing] + [f"unexpected {name(k)}" for k in extra])[0]
+        raise EditError(f"{where}: params do not fit its config.json ({len(bad)} shape mismatches, "
+                        f"{len(missing)} missing, {len(extra)} unexpected; e.g. {first})")
+
+
+class Session:
+    """Model, encoders and the compiled programs; `turn` is ONE jitted function for every turn."""
+
+    def __init__(self, args):
+        t0 = time.perf_counter()
+        self.config, mcfg, params, self.ckpt_info = load_checkpoint(args.checkpoint, args.weights)
+        check_params(mcfg, params, f"--checkpoint {args.checkpoint}")
+        if args.vae:
+            self.config.vae.workdir = args.vae
+        try:
+            enc, frozen = encoders.load_encoders(self.config)
+            self.tokenize = te.make_tokenize_fn(self.config.text.max_length)
+        except Exception as e:  # noqa: BLE001
+            raise EditError(f"cannot load the encoders of {args.checkpoint} (vae.workdir="
+                            f"{self.config.vae.workdir!r}; --vae PATH overrides it): {type(e).__name__}: {e}") from None
+        if (mcfg.in_channels, mcfg.text_dim) != (enc.latent_channels, enc.text_dim):
+            raise EditError(f"the model wants {mcfg.in_channels} latent channels / text dim {mcfg.text_dim} but the "
+                            f"encoders give {enc.latent_channels} / {enc.text_dim}")
+        # One device, everything committed to it: the turn's jit cache key then never changes.
+        self.device = jax.devices()[0]
+        self.params, self.frozen = jax.device_put((params, frozen), self.device)
+        self.null_text, self.null_mask = jax.device_put(enc.null_text((1,)), self.device)
+        val = self.config.get("val", {})
+        shift = args.shift if args.shift is not None else val.get("sample_shift", 1.0)
+        guidance = args.guidance if args.guidance is not None else val.get("guidance", 3.0)
+        model = model_lib.WanDiT(mcfg)
+        self.window, self.keep_anchor = memory_layout(args)
+        if args.method == "mcie":
+            self.settings = mcie_settings(args, guidance=guidance, shift=shift)
+            turn, start = mcie.edit_turn, mcie.start
+        else:
+            self.settings = editor.SamplerSettings(
+                num_steps=args.steps or val.get("sample_steps", 20), method=args.sampler or val.get("sampler", "euler"),
+                shift=shift, guidance=guidance)
+            turn, start = editor.edit_turn, editor.start
+        self.turn = jax.jit(functools.partial(turn, model, self.settings))
+        self._start = jax.jit(functools.partial(start, model, window=self.window, keep_anchor=self.keep_anchor))
+        self._encode, self._decode = jax.jit(enc.encode_images), jax.jit(enc.decode_latents)
+        self._embed = encoders.TextEmbeddingCache(enc, frozen)
+        self.warned, self.warnings, self.memory_bytes = set(), [], None
+        self.load_s = time.perf_counter() - t0
+
+    def embed(self, instructions: list[str]):
+        """-> device (text [n, L, D], mask [n, L]); a truncation warning is shown once per instruction."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the default filter may have shown it already, or hide it
+            ids, mask = self.tokenize(instructions)
+        for w in caught:
+            msg = str(w.message)
+            if msg not in self.warned:
+                self.warned.add(msg)
+                self.warnings.append(msg)
+                print(f"warning: {msg} (the model sees only the first {ids.shape[1]} tokens)", file=sys.stderr)
+        return jax.device_put(self._embed(ids, mask), self.device)
+
+    def start(self, image: np.ndarray):
+        """uint8 source -> memory holding it (anchor slot, or window slot 0 with --no-anchor)."""
+        x = jax.device_put(to_float(image[None]), self.device)
+        mem = self._start(self.params, self._encode(self.frozen, x), self.null_text, self.null_mask)
+        self.memory_bytes = mem.nbytes  # interactive mode keeps one per node (its memory/MCIE state) on the host
+        return mem
+
+    def run_turn(self, mem, text, mask, depth: int, seed: int):
+        """memory (host or device) -> (uint8 image, device memory, seconds of the jitted turn incl. any
+        compilation). Host memories are committed to the same device as device ones: one cache entry."""
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), depth - 1)
+        mem, rng = jax.device_put((mem, rng), self.device)
+        t0 = time.perf_counter()
+        latent, mem = jax.block_until_ready(self.turn(self.params, mem, text, mask, self.null_text,
+                                                      self.null_mask, rng))
+        seconds = time.perf_counter() - t0
+        return to_uint8(self._decode(self.frozen, latent))[0], mem, seconds
+
+    def log(self, args, info: dict, turn_seconds: list[float], **extra) -> dict:
+        """The log.json / history.json header: what produced these images, and how fast."""
+        first, later = (turn_seconds[:1] or [None])[0], turn_seconds[1:]
+        steady = float(np.median(later)) if later else None
+        s = self.settings
+        return dict(
+            checkpoint=os.path.abspath(args.checkpoint), **self.ckpt_info, image=os.path.abspath(args.image),
+            input_image=info, resolution=list(resolution_hw(self.config.data.resolution)),
+            image_policy="to RGB (alpha over white), cover-resize (Lanczos) + centre crop to the model resolution",
+            settings=dict(window=self.window, anchor=self.keep_anchor, steps=s.num_steps, sampler=s.method,
+                          guidance=s.guidance, shift=s.shift),
+            method=args.method, **({"mcie": dataclasses.asdict(s)} if args.method == "mcie" else {}),
+            seed=args.seed, warnings=self.warnings, turn_fn_cache_size=self.turn._cache_size(),
+            memory_bytes=self.memory_bytes,
+            device=str(self.device), jax_version=jax.__version__,
+            timings=dict(load_s=self.load_s, first_turn_s_incl_compile=first, later_turn_median_s=steady,
+                         later_turns=len(later), compile_estimate_s=None if steady is None else first - steady),
+            **extra)
