@@ -36,13 +36,29 @@ class _QuietOrbax(logging.Filter):
         return not str(record.msg).startswith("Metadata file does not exist")
 
 
-def quiet_orbax_logging(keep_info: bool = False) -> None:
-    """Install `_QuietOrbax` on absl's logger, through which orbax logs (replacing an earlier one).
-    The CLIs call it; they pass keep_info=True where the user asked for logs with --verbosity."""
-    logger = logging.getLogger("absl")
-    for f in [f for f in logger.filters if isinstance(f, _QuietOrbax)]:
-        logger.removeFilter(f)
-    logger.addFilter(_QuietOrbax(keep_info))
+class _QuietNoTpu(logging.Filter):
+    """Drops jax's INFO record that no TPU runtime (libtpu) is installed, the first line of every
+    CLI's log on a CPU or GPU machine, unless `keep_info`. Other backends' records pass: a GPU that
+    fails to start must still say so."""
+
+    def __init__(self, keep_info: bool = False):
+        super().__init__()
+        self.keep_info = keep_info
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (self.keep_info or record.levelno >= logging.WARNING
+                or not record.getMessage().startswith("Unable to initialize backend 'tpu'"))
+
+
+def quiet_logging(keep_info: bool = False) -> None:
+    """Install `_QuietOrbax` on absl's logger, through which orbax logs, and `_QuietNoTpu` on jax's
+    backend logger (replacing earlier ones). The CLIs call it; they pass keep_info=True where the
+    user asked for logs with --verbosity."""
+    for name, kind in (("absl", _QuietOrbax), ("jax._src.xla_bridge", _QuietNoTpu)):
+        logger = logging.getLogger(name)
+        for f in [f for f in logger.filters if isinstance(f, kind)]:
+            logger.removeFilter(f)
+        logger.addFilter(kind(keep_info))
 
 
 def make_manager(workdir: str, *, max_to_keep: int, async_save: bool = True) -> ocp.CheckpointManager:

@@ -330,7 +330,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     try:
         args = parse_args(argv)
     except SystemExit as e:  # argparse already printed the message

@@ -63,7 +63,7 @@ def grow_depth(params: dict, config: DiTConfig, num_layers: int, rng) -> tuple[d
 
 
 def main(argv=None) -> int:
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from", dest="src", required=True, help="a training workdir, release or params folder")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))

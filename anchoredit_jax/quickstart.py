@@ -51,7 +51,7 @@ def short_training(args, workdir: str) -> None:
 
 
 def main(argv=None) -> int:
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     args = parse_args(argv)
     t0 = time.perf_counter()
     if not release.is_release(args.weights):

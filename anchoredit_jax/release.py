@@ -128,7 +128,7 @@ def load(path: str):
 
 
 def main(argv=None) -> int:
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="training or distillation workdir")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))

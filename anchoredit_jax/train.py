@@ -117,7 +117,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
-    logging.info("mesh %s on %d processes", dict(mesh.shape), jax.process_count())
+    logging.info("mesh %s on %d processes, %d %s devices", dict(mesh.shape), jax.process_count(),
+                 jax.device_count(), jax.devices()[0].platform)
     return mesh, rules, is_main
 
 
@@ -403,7 +404,7 @@ def run_cli(fn) -> None:
 
     def main(argv):
         del argv
-        checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
+        checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
         result = fn(_CONFIG.value, _WORKDIR.value)
         if jax.process_index() == 0:
             print(json.dumps(result))

@@ -351,7 +351,7 @@ def main(argv):
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    checkpointing.quiet_orbax_logging(keep_info=flags.FLAGS["verbosity"].present)
+    checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # bad config or init_from: one line, no traceback

@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     ap.add_argument("--alpha", type=float, required=True, help="weight of B, in [0, 1]")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     if not 0.0 <= args.alpha <= 1.0:
         ap.error(f"--alpha must be in [0, 1], got {args.alpha}")
     if not release.is_release(args.a):

@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sheet", default="", help="write a contact sheet of the outputs, by edit type, here")
     ap.add_argument("--per-type", type=int, default=3, help="pairs per edit type on --sheet")
     args = ap.parse_args(argv)
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
 
     ld = evaluate.load_checkpoint(args.checkpoint, args.weights, args.vae)
     n = args.num_pairs

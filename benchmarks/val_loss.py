@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.num_examples is not None and args.num_examples <= 0:
         ap.error(f"--num-examples must be positive, got {args.num_examples}")
-    checkpointing.quiet_orbax_logging()
+    checkpointing.quiet_logging()
     with open(args.config) as f:
         cfg = ml_collections.ConfigDict(json.load(f))
     cfg.data.worker_count = 0

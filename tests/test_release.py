@@ -52,7 +52,7 @@ def test_export_load_is_exact_and_refuses_to_overwrite(workdir, tmp_path):
         assert json.load(f)["source"] == os.path.normpath(workdir)
 
 
-def test_quiet_orbax_logging_drops_orbax_info_and_the_item_metadata_warning(workdir, caplog):
+def test_quiet_logging_drops_orbax_info_and_the_item_metadata_warning(workdir, caplog):
     """Restoring a workdir logs orbax INFO records and a warning that `<step>/state` has no metadata
     file; with the filter the CLIs install, neither reaches the log, and other warnings still do."""
     def restore_and_log():
@@ -70,19 +70,43 @@ def test_quiet_orbax_logging_drops_orbax_info_and_the_item_metadata_warning(work
     loud = restore_and_log()
     assert any(r.levelno < logging.WARNING for r in orbax(loud))
     assert any(r.getMessage().startswith("Metadata file does not exist") for r in orbax(loud))
-    checkpointing.quiet_orbax_logging()
-    checkpointing.quiet_orbax_logging()  # idempotent: one filter
+    checkpointing.quiet_logging()
+    checkpointing.quiet_logging()  # idempotent: one filter
     try:
         assert sum(isinstance(f, checkpointing._QuietOrbax) for f in absl.filters) == 1
         quiet = restore_and_log()
         assert orbax(quiet) == []
         assert "a warning of ours" in [r.getMessage() for r in quiet]
-        checkpointing.quiet_orbax_logging(keep_info=True)
+        checkpointing.quiet_logging(keep_info=True)
         kept = restore_and_log()
         assert any(r.levelno < logging.WARNING for r in orbax(kept))
         assert not any(r.getMessage().startswith("Metadata file does not exist") for r in kept)
     finally:
         absl.filters = [f for f in absl.filters if not isinstance(f, checkpointing._QuietOrbax)]
+
+
+def test_quiet_logging_drops_only_the_missing_tpu_runtime(caplog):
+    """jax's INFO that libtpu is absent opens every CLI's log on CPU/GPU machines: dropped; the same
+    record for another backend (a GPU that failed to start) passes, and keep_info keeps both."""
+    jax_logger = logging.getLogger("jax._src.xla_bridge")
+
+    def emit():
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            for platform in ("tpu", "cuda"):
+                jax_logger.info("Unable to initialize backend '%s': %s", platform, "INTERNAL: not here")
+        return [r.getMessage().split("'")[1] for r in caplog.records]
+
+    try:
+        jax_logger.filters = []
+        assert emit() == ["tpu", "cuda"]
+        checkpointing.quiet_logging()
+        checkpointing.quiet_logging()  # idempotent: one filter
+        assert len(jax_logger.filters) == 1 and emit() == ["cuda"]
+        checkpointing.quiet_logging(keep_info=True)
+        assert emit() == ["tpu", "cuda"]
+    finally:
+        jax_logger.filters = []
 
 
 def test_edit_cli_runs_on_a_release(workdir, tmp_path, capsys):
