@@ -68,13 +68,13 @@ class Stage1Validation:
     def _loss_impl(self, params, frozen, b, rng):
         src, tgt, text, text_mask, lmask = self._prepare(frozen, b)
         null_text, null_mask = self.enc.null_text()
-        loss, _ = stage1.loss_fn(params, self.model, rng, source=src, target=tgt, text=text,
-                                 text_mask=text_mask, null_text=null_text, null_mask=null_mask, edit_mask=lmask,
-                                 has_mask=b["has_mask"], cfg=self.config.stage1)
-        return loss
+        per_pair, _ = stage1.per_example_loss(params, self.model, rng, source=src, target=tgt, text=text,
+                                              text_mask=text_mask, null_text=null_text, null_mask=null_mask,
+                                              edit_mask=lmask, has_mask=b["has_mask"], cfg=self.config.stage1)
+        return per_pair
 
     def _sample_impl(self, params, frozen, b, rng):
-        """-> (sampled latents, their MSE against the target latents)."""
+        """-> (sampled latents, their MSE against the target latents per pair [b])."""
         src, tgt, text, text_mask, _ = self._prepare(frozen, b)
         n = src.shape[0]
         null_text, null_mask = self.enc.null_text((n,))
@@ -92,29 +92,36 @@ class Stage1Validation:
         noise = jax.random.normal(k_noise, src.shape)
         x0 = sampler.sample(sampler.guided(v_fn, cfg.guidance), noise, cfg.sample_steps, method=cfg.sampler,
                             shift=cfg.sample_shift, rng=k_sampler)
-        return x0, jnp.mean(jnp.square(x0 - tgt))
+        return x0, jnp.mean(jnp.square(x0 - tgt), axis=(1, 2, 3))
 
-    def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:
+    def per_pair(self, params, frozen, preview: bool = False):
+        """-> (the metric of every held-out pair [n] (float64), the sampled latents of the preview pairs
+        or None). Fixed keys, one per chunk: figures are comparable across steps and checkpoints
+        (paired: the same pairs, noise and timesteps), and the preview is the same pictures whichever
+        the metric."""
         metric = self.config.val.get("metric", "flow_loss")
         if metric not in ("flow_loss", "sample_mse"):
             raise ValueError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
-        preview = self.config.val.sample_every and step % self.config.val.sample_every == 0 and write
-        # fixed keys, one per chunk: the figure is comparable across steps, and the preview is the
-        # same pictures whichever the metric
         loss_key, sample_key = jax.random.PRNGKey(1234), jax.random.PRNGKey(7)
-        total, latents = 0.0, []
+        figures, latents = [], []
         for i, (a, z) in enumerate(self.chunks):
             b = self.batch(a, z)
             if metric == "flow_loss":
-                total += float(self._loss(params, frozen, b, jax.random.fold_in(loss_key, i))) * (z - a)
+                figures.append(np.asarray(self._loss(params, frozen, b, jax.random.fold_in(loss_key, i))))
             if metric == "sample_mse" or (preview and a < self.num_preview):  # one pass serves both
                 x0, mse = self._sample(params, frozen, b, jax.random.fold_in(sample_key, i))
-                total += float(mse) * (z - a) if metric == "sample_mse" else 0.0
+                if metric == "sample_mse":
+                    figures.append(np.asarray(mse))
                 latents.append(x0[:max(0, self.num_preview - a)])
+        return np.concatenate(figures).astype(np.float64), (jnp.concatenate(latents) if preview else None)
+
+    def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:
+        preview = bool(self.config.val.sample_every and step % self.config.val.sample_every == 0 and write)
+        figures, latents = self.per_pair(params, frozen, preview)
         if preview:
-            pred = to_uint8(self._decode(frozen, jnp.concatenate(latents)))
+            pred = to_uint8(self._decode(frozen, latents))
             src, tgt = self.pairs["source"], self.pairs["target"]
             rows = [[(src[i], "source"), (pred[i], self.instructions[i]), (tgt[i], "target")]
                     for i in range(self.num_preview)]
             save_contact_sheet(rows, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
-        return {"val_loss": total / self.chunks[-1][1]}
+        return {"val_loss": float(np.mean(figures))}

@@ -18,16 +18,22 @@ from anchoredit_jax import flow
 from anchoredit_jax.model import WanDiT
 
 
-def loss_fn(params, model: WanDiT, rng, *, source, target, text, text_mask, null_text, null_mask, edit_mask,
-            has_mask, cfg):
-    """Stage-1 loss.
+def loss_fn(params, model: WanDiT, rng, **batch_and_cfg):
+    """Stage-1 loss: the mean of `per_example_loss` (same arguments) -> (loss, aux)."""
+    per_example, aux = per_example_loss(params, model, rng, **batch_and_cfg)
+    return jnp.mean(per_example), aux
+
+
+def per_example_loss(params, model: WanDiT, rng, *, source, target, text, text_mask, null_text, null_mask,
+                     edit_mask, has_mask, cfg):
+    """Stage-1 loss per example.
 
     Args:
       source, target: normalised latents [B, h, w, C].
       text, text_mask: instruction embeddings [B, L, D], [B, L]; null_text/null_mask: [L, D], [L].
       edit_mask: [B, h, w] in {0, 1} on the latent grid; has_mask: [B] (1 where the mask is known).
       cfg: noop_prob, cfg_drop_prob, outside_mask_weight, timestep sampling fields.
-    Returns: (loss, aux dict of per-batch diagnostics).
+    Returns: (loss [B], aux dict of per-batch diagnostics).
     """
     b = source.shape[0]
     chex.assert_equal_shape([source, target])
@@ -48,8 +54,7 @@ def loss_fn(params, model: WanDiT, rng, *, source, target, text, text_mask, null
     v = pair_velocity(params, model, source, x_t, t, text, text_mask, null_text, null_mask)
     per_example, mse = weighted_velocity_error(v, flow.velocity_target(target, noise), edit_mask, has_mask,
                                                cfg.outside_mask_weight)
-    loss = jnp.mean(per_example)
-    return loss, {"mse": mse, "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}
+    return per_example, {"mse": mse, "noop_frac": jnp.mean(noop), "drop_frac": jnp.mean(drop)}
 
 
 def pair_velocity(params, model: WanDiT, source, x_t, t, text, text_mask, null_text, null_mask):

@@ -8,6 +8,10 @@ Each CHECKPOINT is a release or workdir (its EMA weights; `PATH:params` or `PATH
 configs/stage1_shapes.py; runs from before 2026-12-05 used val.num_examples, 6), for a figure that
 tells close checkpoints apart: the first pairs are the run's own, and so are the noise and
 timesteps of each val.batch_size chunk of them.
+
+From the second checkpoint on, each line also gives its difference from the first with a 95%
+interval (±1.96 standard errors of the per-pair differences): the pairs, noise and timesteps are
+the same for all, so the comparison is paired and far tighter than the spread of either figure.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import json
 import time
 
 import ml_collections
+import numpy as np
 
 from anchoredit_jax import checkpointing, samples
 from anchoredit_jax import train as train_lib
@@ -42,13 +47,19 @@ def main(argv=None) -> None:
     _, tokenize = train_lib.make_data(cfg, "pair")
     _, model, enc, frozen = train_lib.load_model_and_encoders(cfg)
     val = samples.Stage1Validation(cfg, enc, tokenize, model)
+    first = None
     for spec in args.checkpoints:
         path, _, which = spec.partition(":")
         _, _, params = checkpointing.load_trained(path, which=which or "ema")
         t0 = time.perf_counter()
-        loss = val.run(params, frozen, 0, "", False)["val_loss"]
-        print(f"{spec}: val_loss {loss:.4f} ({time.perf_counter() - t0:.1f} s)")
-
+        per_pair, _ = val.per_pair(params, frozen)
+        line = f"{spec}: val_loss {per_pair.mean():.4f} ({time.perf_counter() - t0:.1f} s)"
+        if first is None:
+            first = (spec, per_pair)
+        elif len(per_pair) > 1:  # paired: the same pairs, noise and timesteps, so most of the noise cancels
+            d = per_pair - first[1]
+            line += f"; {d.mean():+.4f} ± {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.4f} against {first[0]} (95%)"
+        print(line)
 
 if __name__ == "__main__":
     main()

@@ -296,7 +296,11 @@ def test_val_loss_script_gives_the_loss_the_run_logged(tmp_path, capsys):
     logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     logged = [r["val_loss"] for r in logged if "val_loss" in r][-1]  # the EMA's, as validation uses
     val_loss.main(["--config", os.path.join(wd, "config.json"), wd, f"{wd}:params"])
-    got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+) \(", capsys.readouterr().out, re.M))
+    out = capsys.readouterr().out
+    got = dict(re.findall(r"^(\S+): val_loss ([0-9.]+) \(", out, re.M))
+    diff, half = map(float, re.findall(rf"^{re.escape(wd)}:params: .*; ([-+][0-9.]+) ± ([0-9.]+) against "
+                                       rf"{re.escape(wd)} \(95%\)$", out, re.M)[0])
+    assert diff == pytest.approx(float(got[f"{wd}:params"]) - float(got[wd]), abs=2e-4) and half > 0
     assert float(got[wd]) == pytest.approx(logged, abs=5e-5)
     assert float(got[f"{wd}:params"]) != float(got[wd])  # raw weights differ from the EMA's
     val_loss.main(["--config", os.path.join(wd, "config.json"), "--num-examples", "9", wd])

@@ -32,19 +32,23 @@ def _val(setup, **val):
     return samples.Stage1Validation(cfg, enc, tokenize, model), params, frozen
 
 
-def test_the_loss_is_the_pair_weighted_mean_over_every_chunk(setup):
-    """6 pairs in chunks of 4: (4·l0 + 2·l1)/6, chunk i drawing its noise from fold_in(key, i);
-    the pairs past the preview change the figure."""
+def test_the_loss_is_the_mean_over_every_pair_of_every_chunk(setup):
+    """6 pairs in chunks of 4 and 2, chunk i drawing its noise from fold_in(key, i): per_pair is the
+    chunks' per-pair losses in order, val_loss their mean; the pairs past the preview count."""
     val, params, frozen = _val(setup, num_examples=2, loss_examples=6, batch_size=4)
     assert val.chunks == [(0, 4), (4, 6)]
     key = jax.random.PRNGKey(1234)
-    l0 = float(val._loss(params, frozen, val.batch(0, 4), jax.random.fold_in(key, 0)))
-    l1 = float(val._loss(params, frozen, val.batch(4, 6), jax.random.fold_in(key, 1)))
+    l0 = np.asarray(val._loss(params, frozen, val.batch(0, 4), jax.random.fold_in(key, 0)))
+    l1 = np.asarray(val._loss(params, frozen, val.batch(4, 6), jax.random.fold_in(key, 1)))
+    assert l0.shape == (4,) and l1.shape == (2,)
+    per_pair, latents = val.per_pair(params, frozen)
+    assert latents is None
+    np.testing.assert_allclose(per_pair, np.concatenate([l0, l1]), rtol=1e-6)
     got = val.run(params, frozen, 1, "", False)["val_loss"]
-    np.testing.assert_allclose(got, (4 * l0 + 2 * l1) / 6, rtol=1e-6)
-    assert abs(l0 - l1) > 1e-6 * abs(l0)  # else the weighting could be wrong and still pass
+    np.testing.assert_allclose(got, (4 * l0.mean() + 2 * l1.mean()) / 6, rtol=1e-6)
+    assert abs(l0.mean() - l1.mean()) > 1e-6 * abs(l0.mean())  # else a wrong weighting could pass
     few, _, _ = _val(setup, num_examples=2, loss_examples=4, batch_size=4)
-    np.testing.assert_allclose(few.run(params, frozen, 1, "", False)["val_loss"], l0, rtol=1e-6)
+    np.testing.assert_allclose(few.run(params, frozen, 1, "", False)["val_loss"], l0.mean(), rtol=1e-6)
 
 
 def test_the_preview_shows_the_first_pairs_whichever_the_metric(setup, tmp_path):
