@@ -12,6 +12,11 @@ import ml_collections
 from anchoredit_jax.model import DiTConfig
 
 
+class ConfigError(ValueError):
+    """A config value (or a checkpoint or folder it names) that cannot work. The training CLIs print
+    it as one line, `error: ...`, and exit 1; it is raised before the workdir is touched where it can be."""
+
+
 def load_config(path: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:
     """Runs `get_config([arg])` of a config file; overrides are dotted keys ("model.dtype"="bfloat16")."""
     if not os.path.exists(path):

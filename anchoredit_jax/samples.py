@@ -15,9 +15,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from anchoredit_jax import sampler, stage1
+from anchoredit_jax.config_lib import ConfigError
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.shapes_edit import generate_sequence
 from anchoredit_jax.data.images import to_float, to_uint8
+
+
+def val_settings(v) -> tuple[int, int, int, str]:
+    """config.val -> (preview pairs, loss pairs, pairs per call, metric); ConfigError naming a bad one."""
+    n, n_preview = v.get("loss_examples", v.num_examples), v.num_examples
+    chunk = v.get("batch_size", min(n, 64))
+    for key, value in (("num_examples", n_preview), ("loss_examples", n), ("batch_size", chunk)):
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"config.val.{key} must be a positive integer, got {value!r}")
+    if n_preview > n:
+        raise ConfigError(f"config.val.num_examples ({n_preview}, the preview pairs) must not exceed "
+                          f"config.val.loss_examples ({n}): the preview shows the first loss pairs")
+    metric = v.get("metric", "flow_loss")
+    if metric not in ("flow_loss", "sample_mse"):
+        raise ConfigError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
+    return n_preview, n, chunk, metric
 
 
 class Stage1Validation:
@@ -32,14 +49,7 @@ class Stage1Validation:
     def __init__(self, config, enc, tokenize, model):
         self.config, self.enc, self.model = config, enc, model
         v, res = config.val, config.data.resolution
-        n, n_preview = v.get("loss_examples", v.num_examples), v.num_examples
-        chunk = v.get("batch_size", min(n, 64))
-        for key, value in (("num_examples", n_preview), ("loss_examples", n), ("batch_size", chunk)):
-            if value <= 0:
-                raise ValueError(f"config.val.{key} must be positive, got {value}")
-        if n_preview > n:
-            raise ValueError(f"config.val.num_examples ({n_preview}, the preview pairs) must not exceed "
-                             f"config.val.loss_examples ({n}): the preview shows the first loss pairs")
+        n_preview, n, chunk, self.metric = val_settings(v)
         seqs = [generate_sequence(v.seed_offset + i, 1, res, split=v.split) for i in range(n)]
         self.instructions = [s.instructions[0] for s in seqs]
         ids, mask = tokenize(self.instructions)
@@ -99,9 +109,7 @@ class Stage1Validation:
         or None). Fixed keys, one per chunk: figures are comparable across steps and checkpoints
         (paired: the same pairs, noise and timesteps), and the preview is the same pictures whichever
         the metric."""
-        metric = self.config.val.get("metric", "flow_loss")
-        if metric not in ("flow_loss", "sample_mse"):
-            raise ValueError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
+        metric = self.metric
         loss_key, sample_key = jax.random.PRNGKey(1234), jax.random.PRNGKey(7)
         figures, latents = [], []
         for i, (a, z) in enumerate(self.chunks):

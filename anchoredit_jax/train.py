@@ -52,7 +52,7 @@ def make_source(cfg: ml_collections.ConfigDict, split: str | None = None):
                                          noop_prob=cfg.noop_prob, edit_weights=_edit_weights(cfg))
     if cfg.kind == "jsonl":
         return pipeline.JsonlSource(cfg.path, resolution=cfg.resolution)
-    raise ValueError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
+    raise config_lib.ConfigError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
 
 
 def _edit_weights(cfg: ml_collections.ConfigDict) -> dict | None:
@@ -102,16 +102,24 @@ def stage_flops(config, mcfg, n_tokens):
 def setup_run(config: ml_collections.ConfigDict, workdir: str):
     """Distributed init, mesh, logical rules, config.json in the workdir -> (mesh, rules, is_main)."""
     distributed.maybe_initialize(config.get("distributed"))
-    mesh = sharding.make_mesh(**config.mesh)
+    try:
+        mesh = sharding.make_mesh(**config.mesh)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.mesh: {e}") from None
     rules = sharding.rules_from_config(config.sharding_rules)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % batch_shards:
-        raise ValueError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} devices; "
+        raise config_lib.ConfigError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} devices; "
                          "change config.batch_size or config.mesh")
     if config.batch_size % jax.process_count():
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+        raise config_lib.ConfigError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
     if config.data.kind == "shapes_edit":
-        _edit_weights(config.data)  # a bad value fails here, before the workdir is touched
+        try:
+            _edit_weights(config.data)  # a bad value fails here, before the workdir is touched
+        except ValueError as e:
+            raise config_lib.ConfigError(f"config.data.edit_weights: {e}") from None
+    if "val" in config:
+        samples.val_settings(config.val)  # likewise
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
@@ -138,7 +146,7 @@ def load_model_and_encoders(config: ml_collections.ConfigDict):
     model = WanDiT(mcfg)
     enc, frozen = encoders.load_encoders(config)
     if mcfg.in_channels != enc.latent_channels or mcfg.text_dim != enc.text_dim:
-        raise ValueError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
+        raise config_lib.ConfigError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
                          f"encoders give {enc.latent_channels} and {enc.text_dim}")
     return mcfg, model, enc, frozen
 
@@ -200,10 +208,10 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     echo = int(config.data.get("echo", 1))
     if echo < 1 or config.checkpoint.every % echo or total_steps % echo:
         # num_steps too: a run that ended mid-batch could not be extended exactly (its batch is gone)
-        raise ValueError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
+        raise config_lib.ConfigError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
                          f"{config.checkpoint.every} and config.num_steps={total_steps}")
     if start % echo and start < total_steps:
-        raise ValueError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
+        raise config_lib.ConfigError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
                          "resume with the echo the run was saved with")
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
@@ -269,7 +277,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 1. Distributed, mesh, input (grain, sharded per process, resumable), model and frozen encoders.
     if config.stage not in STAGES:
-        raise ValueError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
+        raise config_lib.ConfigError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
     mesh, rules, is_main = setup_run(config, workdir)
     data_iter, tokenize = make_data(config, "pair" if config.stage == "stage1" else "sequence")
     mcfg, model, enc, frozen = load_model_and_encoders(config)
@@ -378,13 +386,13 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
     flat_old = flax.traverse_util.flatten_dict(loaded, sep="/")
     unknown = [k for k in reinit if k not in flat_new]
     if unknown:
-        raise ValueError(f"init_reinit names {unknown[0]!r}, which is not a parameter of this model")
+        raise config_lib.ConfigError(f"init_reinit names {unknown[0]!r}, which is not a parameter of this model")
     for key, value in flat_new.items():
         if key in reinit:
             continue
         if key not in flat_old or flat_old[key].shape != value.shape:
             got = flat_old[key].shape if key in flat_old else "nothing"
-            raise ValueError(f"init_from {path}: parameter {key!r} is {value.shape} in this model and {got} in "
+            raise config_lib.ConfigError(f"init_from {path}: parameter {key!r} is {value.shape} in this model and {got} in "
                              "the checkpoint (list it in config.init_reinit to initialise it afresh)")
         flat_new[key] = flat_old[key]
     logging.info("initialised from %s (fresh: %s)", path, list(reinit) or "none")
@@ -405,7 +413,10 @@ def run_cli(fn) -> None:
     def main(argv):
         del argv
         checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
-        result = fn(_CONFIG.value, _WORKDIR.value)
+        try:
+            result = fn(_CONFIG.value, _WORKDIR.value)
+        except config_lib.ConfigError as e:  # the user's to fix: one line, no traceback
+            sys.exit(f"error: {e}")
         if jax.process_index() == 0:
             print(json.dumps(result))
 

@@ -65,3 +65,20 @@ def test_train_cli_reports_a_bad_config_key_before_touching_the_workdir(tmp_path
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no key 'bogus' under data" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.val.loss_examples=2", "error: config.val.num_examples (4, the preview pairs) must not exceed"),
+    ("--config.data.edit_weights.add=-1", "error: config.data.edit_weights: edit_weights must be finite, >= 0"),
+    ("--config.mesh.data=3", "error: config.mesh: mesh (data=3, fsdp=1, tensor=1) needs 3 devices, 1 are"),
+])
+def test_train_cli_reports_a_bad_config_value_in_one_line_before_touching_the_workdir(tmp_path, flag, message):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    r = subprocess.run([sys.executable, "-m", "anchoredit_jax.train", "--config", "configs/stage1_shapes.py:test",
+                        "--workdir", str(tmp_path / "w"), flag], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "w").exists()

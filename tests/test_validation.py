@@ -70,8 +70,8 @@ def test_the_preview_shows_the_first_pairs_whichever_the_metric(setup, tmp_path)
 
 @pytest.mark.parametrize("val, match", [
     ({"num_examples": 8, "loss_examples": 4}, "num_examples .8, the preview pairs. must not exceed"),
-    ({"loss_examples": 0}, "val.loss_examples must be positive, got 0"),
-    ({"batch_size": -1}, "val.batch_size must be positive, got -1"),
+    ({"loss_examples": 0}, "val.loss_examples must be a positive integer, got 0"),
+    ({"batch_size": -1}, "val.batch_size must be a positive integer, got -1"),
 ])
 def test_bad_counts_are_named(setup, val, match):
     with pytest.raises(ValueError, match=match):
