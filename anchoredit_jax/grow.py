@@ -64,7 +64,8 @@ def grow_depth(params: dict, config: DiTConfig, num_layers: int, rng) -> tuple[d
 
 def main(argv=None) -> int:
     checkpointing.quiet_logging()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m anchoredit_jax.grow", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--from", dest="src", required=True, help="a training workdir, release or params folder")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--num-layers", type=int, required=True)
@@ -72,11 +73,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="initialisation of the new blocks")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
-    if os.path.isdir(os.path.join(args.src, "params")):
-        module, params = interop.load_jax_params(args.src)
-        config = module.config
-    else:
-        _, config, params = checkpointing.load_trained(args.src, which=args.weights)
+    if not os.path.isdir(args.src):
+        ap.error(f"--from {args.src}: no such directory")
+    try:
+        if os.path.isdir(os.path.join(args.src, "params")):
+            module, params = interop.load_jax_params(args.src)
+            config = module.config
+        else:
+            _, config, params = checkpointing.load_trained(args.src, which=args.weights)
+    except FileNotFoundError as e:
+        ap.error(f"--from {args.src}: {e}")
+    if args.num_layers <= config.num_layers:
+        ap.error(f"--num-layers {args.num_layers}: can only grow, and {args.src} has {config.num_layers} layers")
     grown, new_config = grow_depth(params, config, args.num_layers, jax.random.key(args.seed))
     grown = jax.tree.map(jnp.asarray, grown)
     interop.save_jax_params(new_config, grown, args.out, overwrite=args.overwrite)

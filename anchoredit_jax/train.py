@@ -99,6 +99,21 @@ def stage_flops(config, mcfg, n_tokens):
     return config.data.num_turns * per_turn + fwd(num_frames=1, keys_per_frame=1)
 
 
+def _check_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A new run's init_from and distill.teacher must be folders before its workdir is made (a
+    resumed run reads neither)."""
+    ckpts = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpts) and os.listdir(ckpts):
+        return
+    named = [("config.init_from", config.get("init_from", ""))]
+    if "distill" in config:
+        named.append(("config.distill.teacher", config.distill.get("teacher", "")))
+    for key, path in named:
+        if path and path != "random" and not os.path.isdir(path):
+            raise config_lib.ConfigError(f"{key}={path!r}: no such directory (a training workdir, release, params "
+                                         "folder or diffusers transformer folder)")
+
+
 def setup_run(config: ml_collections.ConfigDict, workdir: str):
     """Distributed init, mesh, logical rules, config.json in the workdir -> (mesh, rules, is_main)."""
     distributed.maybe_initialize(config.get("distributed"))
@@ -120,6 +135,7 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
             raise config_lib.ConfigError(f"config.data.edit_weights: {e}") from None
     if "val" in config:
         samples.val_settings(config.val)  # likewise
+    _check_sources(config, workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     if is_main:
@@ -376,12 +392,16 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
     from anchoredit_jax import interop, release
 
     # a training workdir (e.g. stage 1 for stage 2) or a release (e.g. weights/shapes_stage3): load_trained reads both
-    if os.path.isdir(os.path.join(path, "checkpoints")) or release.is_release(path):
-        _, _, loaded = checkpointing.load_trained(path, which=weights)
-    elif os.path.exists(os.path.join(path, "params")):
-        _, loaded = interop.load_jax_params(path)
-    else:
-        _, loaded = interop.load_diffusers_transformer(path)
+    try:
+        if os.path.isdir(os.path.join(path, "checkpoints")) or release.is_release(path):
+            _, _, loaded = checkpointing.load_trained(path, which=weights)
+        elif os.path.exists(os.path.join(path, "params")):
+            _, loaded = interop.load_jax_params(path)
+        else:
+            _, loaded = interop.load_diffusers_transformer(path)
+    except FileNotFoundError as e:  # a folder that is none of those
+        raise config_lib.ConfigError(f"cannot initialise from {path}: not a training workdir, release or params "
+                                     f"folder, and as a diffusers transformer folder: {e}") from None
     flat_new = flax.traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
     flat_old = flax.traverse_util.flatten_dict(loaded, sep="/")
     unknown = [k for k in reinit if k not in flat_new]

@@ -75,3 +75,15 @@ def test_cannot_shrink(trained):
     cfg, params = trained
     with pytest.raises(ValueError, match="can only grow"):
         grow.grow_depth(params, cfg, 1, jax.random.key(0))
+
+
+def test_cli_refuses_shrinking_and_a_missing_source_in_one_line(trained, tmp_path, capsys):
+    cfg, params = trained
+    src = str(tmp_path / "src")
+    interop.save_jax_params(cfg, params, src)
+    for argv, why in ((["--from", src, "--num-layers", "2"], "--num-layers 2: can only grow, and"),
+                      (["--from", str(tmp_path / "nope"), "--num-layers", "4"], "nope: no such directory")):
+        with pytest.raises(SystemExit) as e:
+            grow.main(argv + ["--out", str(tmp_path / "out")])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
