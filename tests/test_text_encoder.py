@@ -196,3 +196,37 @@ def test_mismatched_weights_name_the_tensor(tmp_path):
     variables = te.convert_state_dict(sd, cfg)
     with pytest.raises(ValueError, match="layer_6"):
         te.check_params(variables, te.BertEncoderConfig(num_layers=7))
+
+
+def test_compact_copy_is_small_close_and_refuses_dropped_tokens(encoder, tmp_path):
+    """The copy a lent GPU carries (launch/gpu_kit.py): under 15% of the file, states within a few
+    percent of the full model's (int8: not a copy of it), and a token it dropped is an error."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src = te.default_model_dir()
+    texts = ["make the circle red", "add a small blue star in the top left corner", ""]
+    ids, _ = te.tokenize(texts, 24)
+    full = load_file(str(src / "model.safetensors"))
+    compact = te.compact_state_dict(full, set(ids.ravel().tolist()) | {0, 100, 101, 102})
+    back = te.expand_state_dict(compact)
+    assert back.keys() == full.keys()
+    assert all(v is full[k] for k, v in te.expand_state_dict(full).items())  # a plain one is left as it is
+    w = "encoder.layer.0.attention.self.query.weight"
+    assert 0 < np.abs(back[w] - full[w]).max() <= np.abs(full[w]).max() / 127  # within int8 rounding
+    model = tmp_path / "compact"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(src / name, model / name)
+    save_file(compact, str(model / "model.safetensors"))
+    assert (model / "model.safetensors").stat().st_size < 0.15 * (src / "model.safetensors").stat().st_size
+    small = te.TextEncoder.load(24, model_dir=model)
+    a, m = te.TextEncoder.load(24).encode(texts)
+    b, _ = small.encode(texts)
+    m = np.array(m, bool)
+    m[2] = False  # the null instruction: zeros in both
+    rel = np.linalg.norm(np.asarray(a)[m] - np.asarray(b)[m], axis=-1) / np.linalg.norm(np.asarray(a)[m], axis=-1)
+    assert 0 < rel.max() < 0.06
+    with pytest.raises(ValueError, match="tokens .* that the compact text encoder in .* dropped"):
+        small.tokenize(["paint the giraffe purple"])
