@@ -1,10 +1,11 @@
 """Prepare what a run on the lent GPU carries, within its 64 MiB (the whole working tree included):
 
     python launch/gpu_kit.py               # .gpu/pkgs: compact MiniLM; .whl: grain, ml_collections, ...
-    python launch/gpu_kit.py --diffusers   # + diffusers, for benchmarks/train_throughput.py's baseline
+    python launch/gpu_kit.py --diffusers   # .whl with diffusers, for benchmarks/train_throughput.py
 
 then in the device run carry [".gpu", ".whl"] and run `launch/gpu_shapes_w256.sh` (it installs .whl
-and puts .gpu/pkgs first on PYTHONPATH). The full MiniLM package is 91 MB and cannot travel; its
+and puts .gpu/pkgs first on PYTHONPATH); for the throughput comparison carry [".whl"] alone (it needs
+no text encoder, and with diffusers' wheel both would not fit). The full MiniLM package is 91 MB and cannot travel; its
 compact copy (text_encoder.compact_state_dict: int8 matrices, the word-embedding rows of the tokens
 ShapesEdit's instructions use) is 11 MB. The script prints how far the compact encoder's states are
 from the full one's on instructions it did not collect tokens from, and the size that would travel
@@ -112,16 +113,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python launch/gpu_kit.py", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sequences", type=int, default=300, help="ShapesEdit sequences per split to collect tokens from")
-    ap.add_argument("--diffusers", action="store_true", help="also the diffusers wheel (throughput baseline)")
+    ap.add_argument("--diffusers", action="store_true",
+                    help="for the throughput run: the wheels with diffusers', no encoder")
     ap.add_argument("--no-wheels", action="store_true", help="only the compact encoder (no download)")
     ap.add_argument("--carry", nargs="*", default=[], help="more carried paths to count (e.g. out/shapes_stage1)")
     args = ap.parse_args(argv)
     ignore_locally(".gpu", ".whl")
-    build_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
-    check_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
+    if not args.diffusers:
+        build_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
+        check_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
     if not args.no_wheels:
+        shutil.rmtree(os.path.join(ROOT, ".whl"), ignore_errors=True)  # one run's wheels, not the last one's too
         download_wheels(os.path.join(ROOT, ".whl"), ("diffusers==0.42.1",) if args.diffusers else ())
-    carry = [".gpu", ".whl", *args.carry]
+    carry = [".whl", *args.carry] if args.diffusers else [".gpu", ".whl", *args.carry]
     total = travel_mib(carry)
     print(f"would travel: {total:.1f} MiB of {LIMIT_MIB} (the working tree plus {', '.join(carry)})"
           + ("" if total <= LIMIT_MIB else " -- OVER THE LIMIT: carry less"))
