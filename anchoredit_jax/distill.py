@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from anchoredit_jax import config_lib, editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import editor, flow, metrics, optim, sampler, samples, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
+from anchoredit_jax.config_lib import ConfigError
 from anchoredit_jax.model import WanDiT, init_params
 
 BATCH_RANKS = dict(frames=5, turn_valid=2, text=4, text_mask=3)
@@ -43,7 +44,7 @@ def check_config(cfg) -> None:
     """config.distill's choices, a wrong one named (distill() calls it before anything is loaded or written)."""
     for key, allowed in CHOICES.items():
         if cfg[key] not in allowed:
-            raise config_lib.ConfigError(f"config.distill.{key} must be one of {allowed}, got {cfg[key]!r}")
+            raise ConfigError(f"config.distill.{key} must be one of {allowed}, got {cfg[key]!r}")
 
 
 class DistillState(flax.struct.PyTreeNode):
@@ -68,7 +69,7 @@ def distance(a, b, kind: str, c: float):
         return d2
     if kind == "huber":
         return jnp.sqrt(d2 + c * c) - c
-    raise config_lib.ConfigError(f"config.distill.loss must be one of {LOSSES}, got {kind!r}")
+    raise ConfigError(f"config.distill.loss must be one of {LOSSES}, got {kind!r}")
 
 
 def teacher_step(velocity, x_hi, t_hi, t_lo, solver: str):
@@ -79,7 +80,7 @@ def teacher_step(velocity, x_hi, t_hi, t_lo, solver: str):
         return x_hi + dt * vel
     if solver == "midpoint":
         return x_hi + dt * velocity(x_hi + 0.5 * dt * vel, t_hi + 0.5 * (t_lo - t_hi))
-    raise config_lib.ConfigError(f"config.distill.teacher_solver must be 'euler' or 'midpoint', got {solver!r}")
+    raise ConfigError(f"config.distill.teacher_solver must be 'euler' or 'midpoint', got {solver!r}")
 
 
 def loss_fn(params, model: WanDiT, rng, *, target, teacher, frames, texts, text_masks, null_text, null_mask,
@@ -166,14 +167,14 @@ def load_teacher(cfg, fresh: dict, shardings, config: ml_collections.ConfigDict 
         noisy = [x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
         return jax.device_put(jax.tree.unflatten(tree, noisy), shardings)
     if not cfg.teacher:
-        raise config_lib.ConfigError("config.distill.teacher is empty: give a stage-2 workdir (or 'random' for tests)")
+        raise ConfigError("config.distill.teacher is empty: give a stage-2 workdir (or 'random' for tests)")
     return train_lib.load_init_params(cfg.teacher, fresh, (), shardings, weights=cfg.teacher_weights,
                                       config=config)
 
 
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "stage3":
-        raise config_lib.ConfigError(f"anchoredit_jax.distill runs config.stage='stage3' configs, got {config.stage!r}")
+        raise ConfigError(f"anchoredit_jax.distill runs config.stage='stage3' configs, got {config.stage!r}")
     cfg = config.distill
     check_config(cfg)
     mesh, rules, is_main = train_lib.setup_run(config, workdir)

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from anchoredit_jax import config_lib
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax import vae as vae_lib
+from anchoredit_jax.config_lib import ConfigError
 
 
 @flax.struct.dataclass
@@ -96,7 +96,7 @@ def load_encoders(config: ml_collections.ConfigDict) -> tuple[Encoders, FrozenPa
     elif os.path.exists(os.path.join(config.vae.workdir, "config.json")):  # a diffusers AutoencoderKLWan folder
         vcfg, vparams = vae_lib.load_diffusers_vae(config.vae.workdir)
         if vcfg.latents_mean is None:
-            raise config_lib.ConfigError(f"{config.vae.workdir}: config.json has no latents_mean/latents_std")
+            raise ConfigError(f"{config.vae.workdir}: config.json has no latents_mean/latents_std")
         mean, std = np.asarray(vcfg.latents_mean, np.float32), np.asarray(vcfg.latents_std, np.float32)
     else:
         from anchoredit_jax.train_vae import load_trained_vae

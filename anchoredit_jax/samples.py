@@ -53,7 +53,7 @@ class Stage1Validation:
         seqs = [generate_sequence(v.seed_offset + i, 1, res, split=v.split) for i in range(n)]
         self.instructions = [s.instructions[0] for s in seqs]
         ids, mask = tokenize(self.instructions)
-        # uint8 on the host; floats only for the chunk in flight (256 pairs of 256² floats: 400 MB)
+        # uint8 on the host, floats only for the chunk in flight (256 pairs at 256 px are 400 MB as floats)
         self.pairs = dict(source=np.stack([s.source for s in seqs]), target=np.stack([s.targets[0] for s in seqs]),
                           mask=np.asarray([s.masks[0] for s in seqs], np.float32), has_mask=np.ones(n, np.float32),
                           ids=np.asarray(ids), ids_mask=np.asarray(mask))

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from anchoredit_jax import checkpointing, config_lib, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
 from anchoredit_jax import text_encoder as te
-from anchoredit_jax.config_lib import model_config
+from anchoredit_jax.config_lib import ConfigError, model_config
 from anchoredit_jax.data import pipeline, shapes_edit
 from anchoredit_jax.model import WanDiT, init_params
 
@@ -52,7 +52,7 @@ def make_source(cfg: ml_collections.ConfigDict, split: str | None = None):
                                          noop_prob=cfg.noop_prob, edit_weights=_edit_weights(cfg))
     if cfg.kind == "jsonl":
         return pipeline.JsonlSource(cfg.path, resolution=cfg.resolution)
-    raise config_lib.ConfigError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
+    raise ConfigError(f"config.data.kind must be 'shapes_edit' or 'jsonl', got {cfg.kind!r}")
 
 
 def _edit_weights(cfg: ml_collections.ConfigDict) -> dict | None:
@@ -110,8 +110,8 @@ def _check_sources(config: ml_collections.ConfigDict, workdir: str) -> None:
         named.append(("config.distill.teacher", config.distill.get("teacher", "")))
     for key, path in named:
         if path and path != "random" and not os.path.isdir(path):
-            raise config_lib.ConfigError(f"{key}={path!r}: no such directory (a training workdir, release, params "
-                                         "folder or diffusers transformer folder)")
+            raise ConfigError(f"{key}={path!r}: no such directory (a training workdir, release, params "
+                              "folder or diffusers transformer folder)")
 
 
 def setup_run(config: ml_collections.ConfigDict, workdir: str):
@@ -120,19 +120,19 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
     try:
         mesh = sharding.make_mesh(**config.mesh)
     except ValueError as e:
-        raise config_lib.ConfigError(f"config.mesh: {e}") from None
+        raise ConfigError(f"config.mesh: {e}") from None
     rules = sharding.rules_from_config(config.sharding_rules)
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % batch_shards:
-        raise config_lib.ConfigError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} devices; "
-                         "change config.batch_size or config.mesh")
+        raise ConfigError(f"batch_size {config.batch_size} does not split over data x fsdp = {batch_shards} "
+                          "devices; change config.batch_size or config.mesh")
     if config.batch_size % jax.process_count():
-        raise config_lib.ConfigError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
     if config.data.kind == "shapes_edit":
         try:
             _edit_weights(config.data)  # a bad value fails here, before the workdir is touched
         except ValueError as e:
-            raise config_lib.ConfigError(f"config.data.edit_weights: {e}") from None
+            raise ConfigError(f"config.data.edit_weights: {e}") from None
     if "val" in config:
         samples.val_settings(config.val)  # likewise
     _check_sources(config, workdir)
@@ -162,8 +162,8 @@ def load_model_and_encoders(config: ml_collections.ConfigDict):
     model = WanDiT(mcfg)
     enc, frozen = encoders.load_encoders(config)
     if mcfg.in_channels != enc.latent_channels or mcfg.text_dim != enc.text_dim:
-        raise config_lib.ConfigError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
-                         f"encoders give {enc.latent_channels} and {enc.text_dim}")
+        raise ConfigError(f"model expects {mcfg.in_channels} latent channels and text dim {mcfg.text_dim}; the "
+                          f"encoders give {enc.latent_channels} and {enc.text_dim}")
     return mcfg, model, enc, frozen
 
 
@@ -224,11 +224,11 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     echo = int(config.data.get("echo", 1))
     if echo < 1 or config.checkpoint.every % echo or total_steps % echo:
         # num_steps too: a run that ended mid-batch could not be extended exactly (its batch is gone)
-        raise config_lib.ConfigError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
-                         f"{config.checkpoint.every} and config.num_steps={total_steps}")
+        raise ConfigError(f"config.data.echo={echo} must be >= 1 and divide config.checkpoint.every="
+                          f"{config.checkpoint.every} and config.num_steps={total_steps}")
     if start % echo and start < total_steps:
-        raise config_lib.ConfigError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
-                         "resume with the echo the run was saved with")
+        raise ConfigError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
+                          "resume with the echo the run was saved with")
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
@@ -293,7 +293,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # 1. Distributed, mesh, input (grain, sharded per process, resumable), model and frozen encoders.
     if config.stage not in STAGES:
-        raise config_lib.ConfigError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
+        raise ConfigError(f"config.stage must be one of {STAGES}, got {config.stage!r}")
     mesh, rules, is_main = setup_run(config, workdir)
     data_iter, tokenize = make_data(config, "pair" if config.stage == "stage1" else "sequence")
     mcfg, model, enc, frozen = load_model_and_encoders(config)
@@ -400,20 +400,20 @@ def load_init_params(path: str, fresh: dict, reinit: tuple[str, ...], shardings,
         else:
             _, loaded = interop.load_diffusers_transformer(path)
     except FileNotFoundError as e:  # a folder that is none of those
-        raise config_lib.ConfigError(f"cannot initialise from {path}: not a training workdir, release or params "
-                                     f"folder, and as a diffusers transformer folder: {e}") from None
+        raise ConfigError(f"cannot initialise from {path}: not a training workdir, release or params "
+                          f"folder, and as a diffusers transformer folder: {e}") from None
     flat_new = flax.traverse_util.flatten_dict(jax.device_get(fresh), sep="/")
     flat_old = flax.traverse_util.flatten_dict(loaded, sep="/")
     unknown = [k for k in reinit if k not in flat_new]
     if unknown:
-        raise config_lib.ConfigError(f"init_reinit names {unknown[0]!r}, which is not a parameter of this model")
+        raise ConfigError(f"init_reinit names {unknown[0]!r}, which is not a parameter of this model")
     for key, value in flat_new.items():
         if key in reinit:
             continue
         if key not in flat_old or flat_old[key].shape != value.shape:
             got = flat_old[key].shape if key in flat_old else "nothing"
-            raise config_lib.ConfigError(f"init_from {path}: parameter {key!r} is {value.shape} in this model and {got} in "
-                             "the checkpoint (list it in config.init_reinit to initialise it afresh)")
+            raise ConfigError(f"init_from {path}: parameter {key!r} is {value.shape} in this model and {got} in "
+                              "the checkpoint (list it in config.init_reinit to initialise it afresh)")
         flat_new[key] = flat_old[key]
     logging.info("initialised from %s (fresh: %s)", path, list(reinit) or "none")
     params = flax.traverse_util.unflatten_dict(flat_new, sep="/")
@@ -435,7 +435,7 @@ def run_cli(fn) -> None:
         checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
         try:
             result = fn(_CONFIG.value, _WORKDIR.value)
-        except config_lib.ConfigError as e:  # the user's to fix: one line, no traceback
+        except ConfigError as e:  # the user's to fix: one line, no traceback
             sys.exit(f"error: {e}")
         if jax.process_index() == 0:
             print(json.dumps(result))
