@@ -27,7 +27,9 @@ alternating; ground truth = source after every remove), noop (M no-op turns; gro
 jsonl (--jsonl FILE in the project's JSONL format: vs targets where given, vs the source always).
 Metrics: anchoredit_jax/eval_metrics.py.
 
-Output in --out: metrics.csv (method, protocol, turn, metric, value, n), summary.json (settings,
+Output in --out: metrics.csv (method, protocol, turn, metric, value, n: the means),
+per_sequence.csv.gz (method, protocol, sequence, turn, metric, value: what they are means of, for
+paired comparisons: benchmarks/readme_tables.py --against), summary.json (settings,
 methods, timings, curves), metric_<name>.png (a panel per protocol, a line per method),
 contact_sheet.png (first protocol; contact_sheet_<protocol>.png for the others: per shown
 sequence the ground truth, then a row per method; --sheet sequences), table.md (the
@@ -41,6 +43,8 @@ import csv
 import dataclasses
 import functools
 import glob
+import gzip
+import io
 import os
 import sys
 import time
@@ -63,7 +67,7 @@ from anchoredit_jax.model import WanDiT
 from anchoredit_jax.train_vae import load_lpips
 
 EvalError = edit_session.EditError  # one user-facing error type for both CLIs
-OUR_FILES = ("metrics.csv", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
+OUR_FILES = ("metrics.csv", "per_sequence.csv.gz", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
 TABLE_TURNS = (1, 5, 10, 20, 30)
 TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "source_psnr")
 NOOP_PAD = "keep it as it is"  # instruction of padding turns (short JSONL sequences); never scored
@@ -387,6 +391,17 @@ def write_outputs(args, methods, datasets, loaded, results, sheets, timings) -> 
             for metric, (mean, n) in per.items():
                 for t in range(args.turns):
                     w.writerow([mname, pname, t + 1, metric, "" if not n[t] else f"{mean[t]:.6g}", int(n[t])])
+    seeds = {d.name: d.seeds for d in datasets}
+    with gzip.GzipFile(os.path.join(args.out, "per_sequence.csv.gz"), "wb", mtime=0) as gz:  # same run, same bytes
+        fh = io.TextIOWrapper(gz, newline="")
+        w = csv.writer(fh)
+        w.writerow(["method", "protocol", "sequence", "turn", "metric", "value"])
+        for (mname, pname), vals in results.items():
+            for metric, (v, ok) in vals.items():
+                for i, k in zip(*np.nonzero(ok)):
+                    w.writerow([mname, pname, seeds[pname][i], k + 1, metric, f"{v[i, k]:.6g}"])
+        fh.flush()
+        fh.detach()
     summary = dict(
         settings={k: v for k, v in vars(args).items()}, jax_version=jax.__version__,
         device=str(jax.devices()[0]), psnr_cap_db=eval_metrics.PSNR_CAP,

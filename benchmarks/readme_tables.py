@@ -5,13 +5,22 @@
 
 README's results tables are printed by this script from the CSVs in docs/results/, so the numbers
 there are the ones `anchoredit_jax.evaluate` wrote.
+
+    python benchmarks/readme_tables.py out/eval_main --against stage1/anchor_w4
+
+prints, from the run's per_sequence.csv.gz, each other method's difference from that one: the mean
+over the sequences both have a value for, ± 1.96 standard errors of the per-sequence differences (a
+95% interval; the same seeds and noise for every method, so the comparison is paired).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import os
 import sys
+
+import numpy as np
 
 DIGITS = {"psnr": 2, "edit_psnr": 2, "identity_psnr": 2, "source_psnr": 2, "ssim": 3, "lpips": 3,
           "source_lpips": 3, "edit_mae": 3, "identity_mae": 3}
@@ -34,6 +43,30 @@ def table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int])
     return "\n".join(out)
 
 
+def paired_table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int], against: str) -> str:
+    seqs: dict = {}  # (method, turn, metric) -> {sequence: value}
+    for r in rows:
+        if r["protocol"] == protocol:
+            seqs.setdefault((r["method"], int(r["turn"]), r["metric"]), {})[r["sequence"]] = float(r["value"])
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["protocol"] == protocol))
+    if against not in methods:
+        raise ValueError(f"--against {against!r} is not a method of protocol {protocol!r}: {', '.join(methods)}")
+
+    def cell(m: str, t: int, k: str) -> str:
+        ref, got = seqs.get((against, t, k), {}), seqs.get((m, t, k), {})
+        d = np.asarray([got[q] - ref[q] for q in sorted(ref.keys() & got.keys())])
+        digits = DIGITS.get(k, 3)
+        if len(d) < 2:
+            return "–"
+        return f"{d.mean():+.{digits}f} ± {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.{digits}f}"
+
+    out = [f"| method − {against} | " + " | ".join(f"turn {t}" for t in turns) + " |",
+           "|---" * (len(turns) + 1) + "|"]
+    for m in (m for m in methods if m != against):
+        out.append(f"| {m} | " + " | ".join(" / ".join(cell(m, t, k) for k in metrics) for t in turns) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="an evaluate --out folder (or its metrics.csv)")
@@ -42,14 +75,18 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", default="1,5,10,20,30")
     ap.add_argument("--exclude", default="", help="comma-separated method names to leave out (e.g. repeated "
                     "checkpoint-free baselines: stage2/copy,stage3/copy)")
+    ap.add_argument("--against", help="a method: print the others' paired differences from it (per_sequence.csv.gz)")
     args = ap.parse_args(argv)
-    path = args.run if args.run.endswith(".csv") else os.path.join(args.run, "metrics.csv")
+    name = "per_sequence.csv.gz" if args.against else "metrics.csv"
+    path = args.run if args.run.endswith((".csv", ".gz")) else os.path.join(args.run, name)
     try:
-        with open(path, newline="") as f:
+        with (gzip.open(path, "rt", newline="") if path.endswith(".gz") else open(path, newline="")) as f:
             rows = list(csv.DictReader(f))
         excluded = set(args.exclude.split(","))
         rows = [r for r in rows if r["method"] not in excluded]
-        print(table(rows, args.protocol, args.metrics.split(","), [int(t) for t in args.turns.split(",")]))
+        metrics, turns = args.metrics.split(","), [int(t) for t in args.turns.split(",")]
+        print(paired_table(rows, args.protocol, metrics, turns, args.against) if args.against
+              else table(rows, args.protocol, metrics, turns))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

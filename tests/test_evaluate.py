@@ -67,7 +67,7 @@ def two_runs(ckpt, tmp_path_factory):
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_every_file(two_runs):
     out = two_runs[0]
-    for name in ("metrics.csv", "summary.json", "contact_sheet.png", "contact_sheet_roundtrip.png",
+    for name in ("metrics.csv", "per_sequence.csv.gz", "summary.json", "contact_sheet.png", "contact_sheet_roundtrip.png",
                  "contact_sheet_noop.png", "table.md", "metric_psnr.png",
                  "metric_ssim.png", "metric_lpips.png", "metric_identity_psnr.png", "metric_edit_psnr.png"):
         assert (out / name).is_file(), name
@@ -83,6 +83,35 @@ def test_cli_writes_every_file(two_runs):
     summary = json.loads((out / "summary.json").read_text())
     assert [m["name"] for m in summary["methods"]] == ["tiny/anchor_w2", "tiny/no_anchor_w2", "tiny/naive"]
     assert summary["methods"][2]["window"] == 1 and summary["methods"][2]["anchor"] is False
+
+
+def test_per_sequence_values_are_what_the_means_average_and_pair(two_runs, capsys):
+    """per_sequence.csv.gz holds every valid value: their means and counts are metrics.csv's, and
+    readme_tables --against prints their paired differences (the difference of the means where
+    every sequence counts) with an interval."""
+    import gzip
+    import re
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import readme_tables
+
+    out = two_runs[0]
+    with gzip.open(out / "per_sequence.csv.gz", "rt", newline="") as f:
+        per = list(csv.DictReader(f))
+    groups: dict = {}
+    for r in per:
+        groups.setdefault((r["method"], r["protocol"], r["metric"], r["turn"]), []).append(float(r["value"]))
+    means = {(r["method"], r["protocol"], r["metric"], r["turn"]): r for r in _csv(out / "metrics.csv")}
+    assert {k for k, r in means.items() if int(r["n"])} == set(groups)
+    for key, values in groups.items():
+        assert len(values) == int(means[key]["n"])
+        np.testing.assert_allclose(np.mean(values), float(means[key]["value"]), rtol=1e-5)
+    assert readme_tables.main([str(out), "--against", "tiny/anchor_w2", "--metrics", "psnr", "--turns", "3"]) == 0
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny/naive |")][0]
+    diff, half = map(float, re.findall(r"([-+][0-9.]+) ± ([0-9.]+)", row)[0])
+    want = float(means[("tiny/naive", "edit", "psnr", "3")]["value"]) - float(
+        means[("tiny/anchor_w2", "edit", "psnr", "3")]["value"])
+    assert diff == pytest.approx(want, abs=0.006) and half > 0
 
 
 def test_same_seed_same_numbers_and_naive_differs(two_runs):
