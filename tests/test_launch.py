@@ -264,3 +264,27 @@ def test_slurm_errors(args, extra, message):
 def test_slurm_help():
     res = _bash(SLURM, "--help")
     assert res.returncode == 0 and "Usage:" in res.stdout and "DRY_RUN=1" in res.stdout
+
+
+def test_gpu_kit_counts_what_would_travel_once(tmp_path, monkeypatch):
+    """The device copies git's tracked and untracked-not-ignored files plus the carried folders: a
+    carried folder that git does not ignore must be counted once, and the kit ignores it locally."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "launch"))
+    import gpu_kit
+
+    repo = tmp_path / "repo"
+    (repo / ".gpu").mkdir(parents=True)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(repo)], check=True)
+    for path in ("tracked.bin", "untracked.bin", ".gpu/kit.bin"):
+        (repo / path).write_bytes(b"\0" * 2**20)
+    subprocess.run(git + ["add", "tracked.bin"], cwd=repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=repo, check=True)
+    monkeypatch.setattr(gpu_kit, "ROOT", str(repo))
+    assert gpu_kit.travel_mib([]) == pytest.approx(3.0)  # .gpu travels as an untracked folder
+    assert gpu_kit.travel_mib([".gpu"]) == pytest.approx(3.0)  # carried: still once
+    gpu_kit.ignore_locally(".gpu", ".whl")
+    gpu_kit.ignore_locally(".gpu")  # idempotent
+    assert (repo / ".git" / "info" / "exclude").read_text().split().count("/.gpu/") == 1
+    assert gpu_kit.travel_mib([]) == pytest.approx(2.0) and gpu_kit.travel_mib([".gpu"]) == pytest.approx(3.0)
