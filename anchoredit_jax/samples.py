@@ -120,7 +120,8 @@ class Stage1Validation:
                 x0, mse = self._sample(params, frozen, b, jax.random.fold_in(sample_key, i))
                 if metric == "sample_mse":
                     figures.append(np.asarray(mse))
-                latents.append(x0[:max(0, self.num_preview - a)])
+                if preview:
+                    latents.append(x0[:max(0, self.num_preview - a)])
         return np.concatenate(figures).astype(np.float64), (jnp.concatenate(latents) if preview else None)
 
     def run(self, params, frozen, step: int, workdir: str, write: bool) -> dict:

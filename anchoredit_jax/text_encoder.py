@@ -237,9 +237,9 @@ def load_params(path: str | Path | None = None, config: BertEncoderConfig | None
 
 # ----------------------------------------------------------------------------- compact copies
 # For machines reached through a transfer limit (the lent GPU: 64 MiB with the whole working tree):
-# MiniLM's 91 MB shrink to 11 MB. Matrices are int8 with a float16 scale per 64 inputs of a row; the word
-# embeddings keep only the rows of `keep_ids` (float16; ShapesEdit's instructions use 172 of 30 522
-# tokens); the rest is float16. Tokenising a word whose row was dropped is an error (`tokenize`).
+# MiniLM's 91 MB shrink to 12 MB (11.6 MiB). Matrices are int8 with a float16 scale per 64 inputs of a
+# row; the word embeddings keep only the rows of `keep_ids` (float16; launch/gpu_kit.py keeps 224 of
+# 30 522 tokens for ShapesEdit's instructions); the rest is float16. Tokenising a word whose row was dropped is an error (`tokenize`).
 _WORDS = "embeddings.word_embeddings.weight"
 
 

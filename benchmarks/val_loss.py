@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     if args.num_examples is not None:
         cfg.val.loss_examples = args.num_examples
         cfg.val.num_examples = min(cfg.val.num_examples, args.num_examples)  # the preview pairs: unused here
-    n = cfg.val.get("loss_examples", cfg.val.num_examples)
+    n = samples.val_settings(cfg.val)[1]  # the loss pairs, defaulted and checked as training does
     print(f"{n} held-out pairs ({cfg.val.split}, seeds from {cfg.val.seed_offset}); seconds per checkpoint, "
           "the first with compilation")
     _, tokenize = train_lib.make_data(cfg, "pair")
