@@ -40,6 +40,7 @@ from tqdm import tqdm
 from anchoredit_jax import checkpointing, config_lib
 from anchoredit_jax import vae as vae_lib
 from anchoredit_jax.data import images as pixels
+from anchoredit_jax.data.contact_sheet import save_image
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,9 +209,7 @@ def save_figure(originals_u8: np.ndarray, recon: np.ndarray, path: str, scale: i
         canvas[:h, i * (w + gap):i * (w + gap) + w] = originals_u8[i]
         canvas[h + gap:, i * (w + gap):i * (w + gap) + w] = rec_u8[i]
     img = Image.fromarray(canvas)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path)
+    save_image(img.resize((img.width * scale, img.height * scale), Image.NEAREST), path)
 
 
 # ----------------------------------------------------------------------------------------------

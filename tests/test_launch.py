@@ -288,3 +288,41 @@ def test_gpu_kit_counts_what_would_travel_once(tmp_path, monkeypatch):
     gpu_kit.ignore_locally(".gpu")  # idempotent
     assert (repo / ".git" / "info" / "exclude").read_text().split().count("/.gpu/") == 1
     assert gpu_kit.travel_mib([]) == pytest.approx(2.0) and gpu_kit.travel_mib([".gpu"]) == pytest.approx(3.0)
+
+
+def test_docs_pictures_go_to_lossless_webp_and_markdown_follows(tmp_path, monkeypatch):
+    """docs/to_webp.py replaces a PNG only by a pixel-identical, smaller WebP and rewrites the
+    Markdown that names it (from the root or relative to the file), nothing else."""
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import to_webp
+
+    from anchoredit_jax.data.contact_sheet import save_image
+
+    repo = tmp_path / "repo"
+    (repo / "docs" / "results").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sheet = np.repeat(np.repeat(rng.integers(0, 255, (16, 24, 3), np.uint8), 8, 0), 8, 1)  # blocky, like a sheet
+    Image.fromarray(sheet).save(repo / "docs" / "results" / "sheet.png")
+    noise = rng.integers(0, 255, (32, 32, 3), np.uint8)  # incompressible: WebP is no smaller
+    Image.fromarray(noise).save(repo / "docs" / "noise.png")
+    (repo / "README.md").write_text("![a](docs/results/sheet.png) `out/sheet.png` docs/noise.png\n")
+    (repo / "docs" / "notes.md").write_text("[s](results/sheet.png) (docs/results/sheet.png.bak)\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "."], cwd=repo, check=True)
+    monkeypatch.setattr(to_webp, "ROOT", str(repo))
+    assert to_webp.main([]) == 0
+    webp = repo / "docs" / "results" / "sheet.webp"
+    assert not (repo / "docs" / "results" / "sheet.png").exists() and (repo / "docs" / "noise.png").exists()
+    with Image.open(webp) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), sheet)
+    assert (repo / "README.md").read_text() == "![a](docs/results/sheet.webp) `out/sheet.png` docs/noise.png\n"
+    assert (repo / "docs" / "notes.md").read_text() == "[s](results/sheet.webp) (docs/results/sheet.png.bak)\n"
+    # the library's writers give the same lossless pictures for a .webp path (PIL's default WebP is lossy)
+    save_image(Image.fromarray(sheet), str(tmp_path / "direct.webp"))
+    with Image.open(tmp_path / "direct.webp") as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), sheet)

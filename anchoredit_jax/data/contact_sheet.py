@@ -85,11 +85,20 @@ def contact_sheet(rows, *, scale: int | None = None, min_cell_width: int = 128, 
     return sheet
 
 
-def save_contact_sheet(rows, path: str, **kwargs) -> str:
-    """Writes `contact_sheet(rows, **kwargs)` to `path` (format from the extension); returns path."""
+def save_image(img: Image.Image, path: str) -> str:
+    """Writes `img` to `path`, format from the extension; a .webp is lossless (PIL's default WebP is
+    lossy, and docs/ stores its pictures as lossless WebP: docs/to_webp.py). Returns path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    contact_sheet(rows, **kwargs).save(path, optimize=True)
+    if path.lower().endswith(".webp"):
+        img.save(path, lossless=True, quality=100, method=6)
+    else:
+        img.save(path, optimize=True)
     return path
+
+
+def save_contact_sheet(rows, path: str, **kwargs) -> str:
+    """Writes `contact_sheet(rows, **kwargs)` to `path` (save_image); returns path."""
+    return save_image(contact_sheet(rows, **kwargs), path)
 
 
 def sequence_rows(seq, max_turns: int | None = None) -> list:
