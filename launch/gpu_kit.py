@@ -3,17 +3,23 @@
     python launch/gpu_kit.py               # .gpu/pkgs: compact MiniLM; .whl: grain, ml_collections, ...
     python launch/gpu_kit.py --diffusers   # .whl with diffusers, for benchmarks/train_throughput.py
 
+    python launch/gpu_kit.py --init out/shapes_stage1   # also .gpu/init: stage-1 weights to continue from
+
 then in the device run carry [".gpu", ".whl"] and run `launch/gpu_shapes_w256.sh` (it installs .whl
-and puts .gpu/pkgs first on PYTHONPATH); for the throughput comparison carry [".whl"] alone (it needs
-no text encoder, and with diffusers' wheel both would not fit). The full MiniLM package is 91 MB and cannot travel; its
-compact copy (text_encoder.compact_state_dict: int8 matrices, the word-embedding rows of the tokens
-ShapesEdit's instructions use) is 11 MB. The script prints how far the compact encoder's states are
-from the full one's on instructions it did not collect tokens from, and the size that would travel
-(git's tracked and untracked, not ignored files plus the carried folders) against the limit.
+and puts .gpu/pkgs first on PYTHONPATH; with INIT=.gpu/init it first expands the weights with
+`python3 launch/gpu_kit.py --expand .gpu/init runs/kit_init` and continues from them); for the
+throughput comparison carry [".whl"] alone (it needs no text encoder, and with diffusers' wheel both
+would not fit). The full MiniLM package is 91 MB and cannot travel; its compact copy
+(text_encoder.compact_state_dict: int8 matrices, the word-embedding rows of the tokens ShapesEdit's
+instructions use) is 11.6 MiB; the width-256 DiT as int8 (anchoredit_jax.quantize, groups of 64) is
+9.2 MiB, against 13.4 MiB as a bfloat16 release (with its VAE, 16.8 MiB: the VAE is in the tree). The script prints how far the compact encoder's states and the
+int8 weights are from the originals, and the size that would travel (git's tracked and untracked,
+not ignored files plus the carried folders) against the limit.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from anchoredit_jax import quantize  # noqa: E402
 from anchoredit_jax import text_encoder as te  # noqa: E402
 from anchoredit_jax.data.shapes_edit import SPLITS, generate_sequence  # noqa: E402
 
@@ -77,6 +84,64 @@ def check_encoder(dest: str, sequences: int) -> None:
           f"median {np.median(rel):.4f}, max {rel.max():.4f}; cosine min {cos.min():.5f}")
 
 
+def build_init(src: str, dest: str, vae: str = "weights/shapes_stage3/vae") -> None:
+    """Stage-1 weights to continue from, as int8 (`dest`/dit.safetensors + config.json + release.json).
+
+    The VAE does not travel: `vae` (a path in the tree, relative to the repository) must encode as
+    the source's did, and the expanded folder names it."""
+    import flax
+    from safetensors.numpy import save_file
+
+    from anchoredit_jax import checkpointing, release
+
+    config, _, params = checkpointing.load_trained(src)
+    release.check_same_latent_space(config.vae.workdir, os.path.join(ROOT, vae))
+    flat = {k: np.asarray(v, np.float32) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
+    # the large matrices only: biases, norms and modulation tables (stacked over blocks, so 2-D too)
+    # are a few hundred kB and keep float32
+    small = quantize.compact(flat, quantise=lambda _, x: x.ndim >= 2 and x.shape[-1] % 64 == 0 and x.size >= 2**16)
+    back = quantize.expand(small)
+    err = max(np.linalg.norm(back[k] - v) / max(np.linalg.norm(v), 1e-12) for k, v in flat.items())
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    save_file(small, os.path.join(dest, "dit.safetensors"))
+    config.vae.workdir = vae
+    with open(os.path.join(dest, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    info = {"kit_of": os.path.normpath(src), "int8_group": 64, "step": checkpointing.trained_step(src)}
+    with open(os.path.join(dest, "release.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    print(f"stage-1 weights of {src} as int8: {len(flat)} tensors, {_mib(dest):.1f} MiB -> {dest}; "
+          f"largest relative error of a tensor {err:.4f}")
+
+
+def expand_init(kit: str, out: str) -> None:
+    """A kit made by build_init -> a float32 release folder at `out` (for --config.init_from)."""
+    import flax
+    import orbax.checkpoint as ocp
+    from safetensors.numpy import load_file
+
+    from anchoredit_jax import release
+
+    if os.path.exists(out):
+        sys.exit(f"error: {out} exists; the weights are expanded to a new folder")
+    params = flax.traverse_util.unflatten_dict(quantize.expand(load_file(os.path.join(kit, "dit.safetensors"))),
+                                               sep="/")
+    with open(os.path.join(kit, "config.json")) as f:
+        config = json.load(f)
+    config["vae"]["workdir"] = os.path.relpath(os.path.join(ROOT, config["vae"]["workdir"]), out)
+    tmp = out + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with ocp.StandardCheckpointer() as ck:
+        ck.save(os.path.abspath(os.path.join(tmp, release.DIT)), params)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    shutil.copy(os.path.join(kit, "release.json"), os.path.join(tmp, "release.json"))
+    os.rename(tmp, out)
+    print(f"expanded {kit} -> {out}")
+
+
 def download_wheels(dest: str, extra: tuple[str, ...]) -> None:
     os.makedirs(dest, exist_ok=True)
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
@@ -117,8 +182,18 @@ def main(argv=None) -> int:
                     help="for the throughput run: the wheels with diffusers', no encoder")
     ap.add_argument("--no-wheels", action="store_true", help="only the compact encoder (no download)")
     ap.add_argument("--carry", nargs="*", default=[], help="more carried paths to count (e.g. out/shapes_stage1)")
+    ap.add_argument("--init", default="", help="also .gpu/init: these stage-1 weights (release or workdir) as int8")
+    ap.add_argument("--expand", nargs=2, metavar=("KIT", "OUT"),
+                    help="on the device: write the kit's weights as a release folder OUT, and nothing else")
     args = ap.parse_args(argv)
+    if args.expand:
+        expand_init(*args.expand)
+        return 0
     ignore_locally(".gpu", ".whl")
+    if args.init:
+        build_init(args.init, os.path.join(ROOT, ".gpu", "init"))
+    elif not args.diffusers:
+        shutil.rmtree(os.path.join(ROOT, ".gpu", "init"), ignore_errors=True)  # a stale one would travel
     if not args.diffusers:
         build_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
         check_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)

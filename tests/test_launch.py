@@ -2,14 +2,18 @@
 
 The fakes record their argv; the remote command that gcloud would send is then run by a local bash
 with a fake python3, so the quoting is checked end to end (a value with spaces and a quote arrives
-as one argument). Each check is a few bash processes: the whole file takes well under a second.
+as one argument). Each launcher check is a few bash processes (well under a second in all); the GPU
+kit's checks (launch/gpu_kit.py, docs/to_webp.py) take a few seconds.
 """
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import tarfile
 
+import jax
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -295,7 +299,6 @@ def test_docs_pictures_go_to_lossless_webp_and_markdown_follows(tmp_path, monkey
     Markdown that names it (from the root or relative to the file), nothing else."""
     import sys
 
-    import numpy as np
     from PIL import Image
     sys.path.insert(0, os.path.join(ROOT, "docs"))
     import to_webp
@@ -326,3 +329,49 @@ def test_docs_pictures_go_to_lossless_webp_and_markdown_follows(tmp_path, monkey
     save_image(Image.fromarray(sheet), str(tmp_path / "direct.webp"))
     with Image.open(tmp_path / "direct.webp") as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), sheet)
+
+
+def test_int8_groups_error_is_at_most_half_a_step_and_compact_expand_round_trips():
+    from anchoredit_jax import quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 128)).astype(np.float32) * np.array([1.0, 1e-3, 50.0])[:, None]  # rows of any scale
+    q, scale = quantize.int8_groups(x, 64)
+    assert q.dtype == np.int8 and scale.shape == (3, 2) and scale.dtype == np.float16
+    step = np.repeat(scale.astype(np.float32), 64, axis=-1)
+    assert np.all(np.abs(quantize.from_int8_groups(q, scale) - x) <= 0.5 * step + 1e-7)
+    assert np.all(np.abs(quantize.from_int8_groups(q, scale) - x) <= 0.01 * np.abs(x).max(-1, keepdims=True))
+    with pytest.raises(ValueError, match="multiple of the group size"):
+        quantize.int8_groups(x[:, :100], 64)
+    flat = {"w": x, "b": rng.normal(size=(5,)).astype(np.float32), "odd": rng.normal(size=(4, 10))}
+    small = quantize.compact(flat)
+    assert sorted(small) == ["b", "odd", "w.int8", "w.scale"]
+    back = quantize.expand(small)
+    assert sorted(back) == sorted(flat) and back["b"] is small["b"] and np.array_equal(back["b"], flat["b"])
+    np.testing.assert_allclose(back["w"], x, atol=float(np.abs(x).max()) / 127)
+
+
+def test_gpu_kit_carries_stage1_weights_as_int8_and_expands_them_to_a_release(tmp_path, monkeypatch):
+    """`gpu_kit.py --init` (here on the shipped release) writes a byte a weight (bfloat16 in orbax: 1.5);
+    `--expand` on the device gives a release whose weights are the originals within half an int8
+    step, with the tree's VAE, that init_from loads; it never writes over a folder."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "launch"))
+    import gpu_kit
+
+    from anchoredit_jax import checkpointing, release
+
+    src = os.path.join(ROOT, "weights", "shapes_stage3")
+    kit, out = str(tmp_path / "init"), str(tmp_path / "expanded")
+    gpu_kit.build_init(src, kit)
+    n = int(json.load(open(os.path.join(src, "release.json")))["dit_params"])
+    assert os.path.getsize(os.path.join(kit, "dit.safetensors")) < 1.06 * n  # a byte a weight, and a little
+    assert os.path.getsize(os.path.join(kit, "dit.safetensors")) < 0.7 * release.folder_bytes(os.path.join(src, "dit"))
+    gpu_kit.expand_init(kit, out)
+    config, mcfg, got = checkpointing.load_trained(out)
+    _, mcfg0, want = checkpointing.load_trained(src)
+    assert mcfg == mcfg0 and os.path.samefile(config.vae.workdir, os.path.join(src, "vae"))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        assert np.linalg.norm(a - b) <= 0.006 * np.linalg.norm(a)
+    with pytest.raises(SystemExit, match="exists"):
+        gpu_kit.expand_init(kit, out)
