@@ -12,9 +12,10 @@ throughput comparison carry [".whl"] alone (it needs no text encoder, and with d
 would not fit). The full MiniLM package is 91 MB and cannot travel; its compact copy
 (text_encoder.compact_state_dict: int8 matrices, the word-embedding rows of the tokens ShapesEdit's
 instructions use) is 11.6 MiB; the width-256 DiT as int8 (anchoredit_jax.quantize, groups of 64) is
-9.2 MiB, against 13.4 MiB as a bfloat16 release (with its VAE, 16.8 MiB: the VAE is in the tree). The script prints how far the compact encoder's states and the
-int8 weights are from the originals, and the size that would travel (git's tracked and untracked,
-not ignored files plus the carried folders) against the limit.
+9.2 MiB, against 13.4 MiB as a bfloat16 release (16.8 MiB with its VAE, which is in the tree). The
+script prints how far the compact encoder's states and the int8 weights are from the originals, and
+the size that would travel (git's tracked and untracked, not ignored files plus the carried
+folders) against the limit.
 """
 from __future__ import annotations
 
