@@ -1,15 +1,16 @@
 """Prepare what a run on the lent GPU carries, within its 64 MiB (the whole working tree included):
 
     python launch/gpu_kit.py               # .gpu/pkgs: compact MiniLM; .whl: grain, ml_collections, ...
-    python launch/gpu_kit.py --diffusers   # .whl with diffusers, for benchmarks/train_throughput.py
+    python launch/gpu_kit.py --diffusers   # .whl-diffusers: with diffusers, for benchmarks/train_throughput.py
 
     python launch/gpu_kit.py --init out/shapes_stage1   # also .gpu/init: stage-1 weights to continue from
 
 then in the device run carry [".gpu", ".whl"] and run `launch/gpu_shapes_w256.sh` (it installs .whl
 and puts .gpu/pkgs first on PYTHONPATH; with INIT=.gpu/init it first expands the weights with
 `python3 launch/gpu_kit.py --expand .gpu/init runs/kit_init` and continues from them); for the
-throughput comparison carry [".whl"] alone (it needs no text encoder, and with diffusers' wheel both
-would not fit). The full MiniLM package is 91 MB and cannot travel; its compact copy
+throughput comparison carry [".whl-diffusers"] alone (it needs no text encoder, and with diffusers'
+wheels both would not fit; the two kits live side by side, so the second run can follow the first
+while the machine is still warm). The full MiniLM package is 91 MB and cannot travel; its compact copy
 (text_encoder.compact_state_dict: int8 matrices, the word-embedding rows of the tokens ShapesEdit's
 instructions use) is 11.6 MiB; the width-256 DiT as int8 (anchoredit_jax.quantize, groups of 64) is
 9.2 MiB, against 13.4 MiB as a bfloat16 release (16.8 MiB with its VAE, which is in the tree). The
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
     if args.expand:
         expand_init(*args.expand)
         return 0
-    ignore_locally(".gpu", ".whl")
+    wheels = ".whl-diffusers" if args.diffusers else ".whl"  # both kits ready, for two runs back to back
+    ignore_locally(".gpu", ".whl", ".whl-diffusers")
     if args.init:
         build_init(args.init, os.path.join(ROOT, ".gpu", "init"))
     elif not args.diffusers:
@@ -199,9 +201,9 @@ def main(argv=None) -> int:
         build_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
         check_encoder(os.path.join(ROOT, ".gpu", "pkgs"), args.sequences)
     if not args.no_wheels:
-        shutil.rmtree(os.path.join(ROOT, ".whl"), ignore_errors=True)  # one run's wheels, not the last one's too
-        download_wheels(os.path.join(ROOT, ".whl"), ("diffusers==0.42.1",) if args.diffusers else ())
-    carry = [".whl", *args.carry] if args.diffusers else [".gpu", ".whl", *args.carry]
+        shutil.rmtree(os.path.join(ROOT, wheels), ignore_errors=True)  # this kit's wheels, not an older one's too
+        download_wheels(os.path.join(ROOT, wheels), ("diffusers==0.42.1",) if args.diffusers else ())
+    carry = [wheels, *args.carry] if args.diffusers else [".gpu", wheels, *args.carry]
     total = travel_mib(carry)
     print(f"would travel: {total:.1f} MiB of {LIMIT_MIB} (the working tree plus {', '.join(carry)})"
           + ("" if total <= LIMIT_MIB else " -- OVER THE LIMIT: carry less"))
