@@ -375,3 +375,15 @@ def test_gpu_kit_carries_stage1_weights_as_int8_and_expands_them_to_a_release(tm
         assert np.linalg.norm(a - b) <= 0.006 * np.linalg.norm(a)
     with pytest.raises(SystemExit, match="exists"):
         gpu_kit.expand_init(kit, out)
+
+
+def test_the_tracked_tree_leaves_room_for_the_gpu_kit():
+    """What a lent GPU's run carries must fit in 64 MiB with the whole working tree: the kit of
+    launch/README.md (compact MiniLM 11.6 MiB, int8 stage-1 weights 9.2 MiB, wheels 4.4 MiB, as
+    gpu_kit.py printed them on 2026-12-05) leaves the tracked tree 38.8 MiB. A new picture in docs/
+    goes through docs/to_webp.py; results that do not fit belong outside the tree."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+    paths = [os.path.join(ROOT, f) for f in files.decode().split("\0") if f]
+    tree = sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / 2**20
+    assert tree <= 64 - (11.6 + 9.2 + 4.4), f"tracked tree {tree:.1f} MiB: the GPU kit would not fit (launch/README.md)"
+    assert not [p for p in paths if p.endswith(".png") and os.sep + "docs" + os.sep in p], "docs/ pictures go as WebP"
