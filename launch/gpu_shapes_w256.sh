@@ -17,7 +17,7 @@
 # 32.8 on average, 2026-12-04). ECHO (steps per batch) is the fewest that keep the GPU busy, at most 4.
 T0=$(date +%s); DEADLINE=${DEADLINE:-520}; W=${W:-$(( $(nproc) - 2 ))}; RUN=${RUN:-runs/gpu_w256}
 OUT=${OUT:-/tmp/out}; INIT=${INIT:-}; GPU_RATE=${GPU_RATE:-30}; mkdir -p "$OUT"
-if [ -n "$INIT" ]; then SEED=${SEED:-21}; LR=${LR:-1.5e-4}; else SEED=${SEED:-20}; LR=${LR:-3e-4}; fi
+if [ -n "$INIT" ]; then SEED=${SEED:-21}; LR=${LR:-1e-4}; else SEED=${SEED:-20}; LR=${LR:-3e-4}; fi
 el() { echo $(( $(date +%s) - T0 )); }
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
