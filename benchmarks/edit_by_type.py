@@ -8,7 +8,8 @@ image as the only memory, so nothing here is multi-turn drift. Two tables:
 1. PSNR (dB) inside the edit mask against the target, per edit type, side by side:
    `vae(target)` (the VAE's ceiling), `copy source` (doing nothing) and the model at each guidance.
    A model row no higher than `copy source` did not carry the edits out; the last column is the
-   PSNR outside the mask (what must stay).
+   PSNR outside the mask (what must stay). Then the moves alone, split into where the object was
+   (a copy left behind shows here) and where it is now (its shape: a blob scores low).
 2. The held-out flow loss (fixed t and noise) inside / outside the mask with the true instruction,
    another pair's instruction and the null one: how much the instruction helps the prediction.
 
@@ -45,6 +46,23 @@ def heldout_pairs(n: int, resolution, split: str):
     seqs = [generate_pair(i, i % 4, resolution, split=split, noop_prob=0.0) for i in range(n)]
     return (seqs, np.stack([s.source for s in seqs]), np.stack([s.targets[0] for s in seqs]),
             np.stack([s.masks[0] for s in seqs]), np.array([s.edit_types[0] for s in seqs]))
+
+
+def move_regions(n: int, resolution, split: str):
+    """For the moves among heldout_pairs(n, ...): where the moved object was and is no more
+    (`vacated`) and where it is now (`destination`), [n, H, W] bool each, all False for other types."""
+    from anchoredit_jax.data.images import resolution_hw
+    from anchoredit_jax.data.shapes_edit import generate_scenes
+    from anchoredit_jax.data.shapes_render import region_mask, render
+
+    hw = resolution_hw(resolution)
+    vacated, destination = np.zeros((n, *hw), bool), np.zeros((n, *hw), bool)
+    for i in range(n):
+        scenes, edits = generate_scenes(i, i % 4 + 1, resolution, split, 0.0, None)
+        if edits[-1].edit_type == "move":
+            destination[i] = region_mask(render(scenes[-1], hw, {})[1], edits[-1].ids_after)
+            vacated[i] = region_mask(render(scenes[-2], hw, {})[1], edits[-1].ids_before) & ~destination[i]
+    return vacated, destination
 
 
 def main(argv=None) -> None:
@@ -95,6 +113,15 @@ def main(argv=None) -> None:
         inside, outside = masked_psnr(img, tgt, mask), masked_psnr(img, tgt, ~mask)
         print(f"{name:14s}" + "".join(f"{np.nanmean(inside[types == k]):11.2f}" for k in kinds)
               + f"{np.nanmean(inside):8.2f}{np.nanmean(outside):9.2f}")
+
+    # a move has two halves: clear the old place (no copy left behind) and draw the object, its
+    # shape kept, in the new one; the mask above pools them
+    vacated, destination = move_regions(n, ld.resolution, args.split)
+    moves = np.flatnonzero(types == "move")
+    print(f"\nmoves (n = {len(moves)}): PSNR (dB) vs target where the object was / where it is now")
+    for name, img in rows.items():
+        was, now = (np.nanmean(masked_psnr(img[moves], tgt[moves], m[moves])) for m in (vacated, destination))
+        print(f"{name:14s}{was:11.2f}{now:11.2f}")
 
     if args.sheet:
         sheet = []  # one row per edit type: (source, target, model outputs) for each of its first pairs

@@ -183,3 +183,23 @@ def test_edit_weights_reweight_types_and_keep_the_default_stream():
 def test_bad_edit_weights_name_the_problem(weights, match):
     with pytest.raises(ValueError, match=match):
         se.generate_sequence(0, 1, 32, edit_weights=weights)
+
+
+def test_move_halves_split_the_mask_where_the_object_was_and_is():
+    """benchmarks/edit_by_type.py scores a move's two halves apart: the vacated place and the
+    destination are disjoint, inside the edit mask, present for every move and for nothing else,
+    and the object is drawn in the target at the destination and in the source at the vacated place."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import edit_by_type
+
+    seqs, src, tgt, mask, types = edit_by_type.heldout_pairs(48, 64, "heldout_seeds")
+    vacated, destination = edit_by_type.move_regions(48, 64, "heldout_seeds")
+    moves = types == "move"
+    assert moves.sum() >= 3 and not (vacated[~moves].any() or destination[~moves].any())
+    assert destination[moves].any(axis=(1, 2)).all() and not (vacated & destination).any()
+    assert not ((vacated | destination) & ~mask).any()
+    for i in np.flatnonzero(moves):  # what changed at each half is the object arriving / leaving
+        changed = (src[i] != tgt[i]).any(-1)
+        assert changed[vacated[i]].mean() > 0.9 and changed[destination[i]].any()
