@@ -310,3 +310,21 @@ def test_vae_override_replaces_the_runs_vae(ckpt, tmp_path):
     with pytest.raises(evaluate.EvalError, match="no_such_vae"):
         evaluate.load_checkpoint(ckpt, "params", missing)
     evaluate.load_checkpoint(ckpt, "params", "random")  # the test run's own VAE, named explicitly: loads
+
+
+def test_moves_history_turn_one_memories_agree(capsys):
+    """benchmarks/moves_history.py: at turn 1 the anchor memory (window 4) holds only the source,
+    as the previous-frame memory (window 1) does, so both score the same; later turns print a
+    paired difference. Pair 48 is the first move at turn 1 of the held-out pairs."""
+    import re
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import moves_history
+
+    moves_history.main(["--checkpoint", os.path.join(root, "weights", "shapes_stage3"), "--guidance", "1",
+                        "--steps", "1", "--num-pairs", "49", "--turns", "1,2"])
+    rows = re.findall(r"^\s+(\d)\s+(\d+)\s+(previous|anchor)\s+([0-9.]+)\s+([0-9.]+)$", capsys.readouterr().out, re.M)
+    by = {(int(t), m): (float(a), float(b)) for t, _, m, a, b in rows}
+    assert sorted({t for t, _ in by}) == [1, 2]
+    assert by[1, "previous"] == by[1, "anchor"] and by[2, "previous"] != by[2, "anchor"]
