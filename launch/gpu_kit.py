@@ -7,7 +7,7 @@
 
 then in the device run carry [".gpu", ".whl"] and run `launch/gpu_shapes_w256.sh` (it installs .whl
 and puts .gpu/pkgs first on PYTHONPATH; with INIT=.gpu/init it first expands the weights with
-`python3 launch/gpu_kit.py --expand .gpu/init runs/kit_init` and continues from them); for the
+`python3 launch/gpu_kit.py --expand .gpu/init runs/gpu_w256_init` and continues from them); for the
 throughput comparison carry [".whl-diffusers"] alone (it needs no text encoder, and with diffusers'
 wheels both would not fit; the two kits live side by side, so the second run can follow the first
 while the machine is still warm). The full MiniLM package is 91 MB and cannot travel; its compact copy
@@ -188,6 +188,14 @@ def main(argv=None) -> int:
     ap.add_argument("--expand", nargs=2, metavar=("KIT", "OUT"),
                     help="on the device: write the kit's weights as a release folder OUT, and nothing else")
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError) as e:  # a missing or mismatched --init / --expand source
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.expand:
         expand_init(*args.expand)
         return 0

@@ -387,3 +387,16 @@ def test_the_tracked_tree_leaves_room_for_the_gpu_kit():
     tree = sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / 2**20
     assert tree <= 64 - (11.6 + 9.2 + 4.4), f"tracked tree {tree:.1f} MiB: the GPU kit would not fit (launch/README.md)"
     assert not [p for p in paths if p.endswith(".png") and os.sep + "docs" + os.sep in p], "docs/ pictures go as WebP"
+
+
+def test_gpu_kit_names_a_missing_source_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "launch"))
+    import gpu_kit
+
+    monkeypatch.setattr(gpu_kit, "ROOT", str(tmp_path))
+    assert gpu_kit.main(["--expand", str(tmp_path / "no_kit"), str(tmp_path / "out")]) == 1
+    assert gpu_kit.main(["--init", str(tmp_path / "no_run"), "--no-wheels"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "no_run" in err[1]
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".gpu").exists()
