@@ -9,7 +9,7 @@ stored with `name.int8` + `name.scale` for the tensors that are quantised and `n
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -33,18 +33,14 @@ def from_int8_groups(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return (q.reshape(s.shape + (-1,)).astype(np.float32) * s[..., None]).reshape(q.shape)
 
 
-def compact(flat: Mapping[str, np.ndarray], group: int = 64,
-            quantise: Callable[[str, np.ndarray], bool] | None = None,
+def compact(flat: Mapping[str, np.ndarray], group: int = 64, min_size: int = 0,
             rest_dtype=np.float32) -> dict[str, np.ndarray]:
-    """{name: array} -> compact dict. `quantise(name, x)` picks the tensors to store as int8 (default:
-    two or more axes, the last a multiple of `group`); the rest are stored as `rest_dtype`."""
-    if quantise is None:
-        def quantise(_, x):
-            return x.ndim >= 2 and x.shape[-1] % group == 0
+    """{name: array} -> compact dict: int8 for tensors of two or more axes, the last a multiple of
+    `group`, and at least `min_size` values; the rest stored as `rest_dtype`."""
     out = {}
     for k, v in flat.items():
         v = np.asarray(v, np.float32)
-        if quantise(k, v):
+        if v.ndim >= 2 and v.shape[-1] % group == 0 and v.size >= min_size:
             out[k + INT8], out[k + SCALE] = int8_groups(v, group)
         else:
             out[k] = v.astype(rest_dtype)

@@ -24,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from edit_by_type import heldout_pairs, masked_psnr, move_regions  # noqa: E402
+from readme_tables import paired_interval  # noqa: E402
 
 from anchoredit_jax import checkpointing, editor, evaluate  # noqa: E402
 from anchoredit_jax import memory as mem_lib  # noqa: E402
@@ -84,8 +85,7 @@ def main(argv=None) -> None:
             print(f"{t + 1:4d} {len(idx):3d}  {name:9s}{was:16.2f}{now:18.2f}")
         if t:  # paired over the moves (the same noise for both memories), ± 1.96 standard errors
             diffs = [a - b for a, b in zip(per_pair["anchor"], per_pair["previous"])]
-            cells = [f"{np.nanmean(d):+.2f} ± {1.96 * np.nanstd(d, ddof=1) / np.sqrt(np.sum(~np.isnan(d))):.2f}"
-                     for d in diffs]
+            cells = ["{:+.2f} ± {:.2f}".format(*paired_interval(d)) for d in diffs]
             print(f"{'':9s}{'difference':10s}{cells[0]:>15s}{cells[1]:>18s}")
 
 

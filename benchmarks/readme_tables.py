@@ -43,6 +43,14 @@ def table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int])
     return "\n".join(out)
 
 
+def paired_interval(d) -> tuple[float, float]:
+    """Paired differences, one per item (nan: the item has no value) -> (their mean, the half-width
+    of its 95% interval: 1.96 standard errors). val_loss.py and moves_history.py print it too."""
+    d = np.asarray(d, np.float64)
+    d = d[~np.isnan(d)]
+    return float(d.mean()), float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def paired_table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int], against: str) -> str:
     seqs: dict = {}  # (method, turn, metric) -> {sequence: value}
     for r in rows:
@@ -58,7 +66,8 @@ def paired_table(rows: list[dict], protocol: str, metrics: list[str], turns: lis
         digits = DIGITS.get(k, 3)
         if len(d) < 2:
             return "–"
-        return f"{d.mean():+.{digits}f} ± {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.{digits}f}"
+        mean, half = paired_interval(d)
+        return f"{mean:+.{digits}f} ± {half:.{digits}f}"
 
     out = [f"| method − {against} | " + " | ".join(f"turn {t}" for t in turns) + " |",
            "|---" * (len(turns) + 1) + "|"]

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 
 import ml_collections
-import numpy as np
 
-from anchoredit_jax import checkpointing, samples
-from anchoredit_jax import train as train_lib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from readme_tables import paired_interval  # noqa: E402
+
+from anchoredit_jax import checkpointing, samples  # noqa: E402
+from anchoredit_jax import train as train_lib  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -57,8 +61,8 @@ def main(argv=None) -> None:
         if first is None:
             first = (spec, per_pair)
         elif len(per_pair) > 1:  # paired: the same pairs, noise and timesteps, so most of the noise cancels
-            d = per_pair - first[1]
-            line += f"; {d.mean():+.4f} ± {1.96 * d.std(ddof=1) / np.sqrt(len(d)):.4f} against {first[0]} (95%)"
+            mean, half = paired_interval(per_pair - first[1])
+            line += f"; {mean:+.4f} ± {half:.4f} against {first[0]} (95%)"
         print(line)
 
 if __name__ == "__main__":

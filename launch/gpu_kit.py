@@ -101,7 +101,7 @@ def build_init(src: str, dest: str, vae: str = "weights/shapes_stage3/vae") -> N
     flat = {k: np.asarray(v, np.float32) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
     # the large matrices only: biases, norms and modulation tables (stacked over blocks, so 2-D too)
     # are a few hundred kB and keep float32
-    small = quantize.compact(flat, quantise=lambda _, x: x.ndim >= 2 and x.shape[-1] % 64 == 0 and x.size >= 2**16)
+    small = quantize.compact(flat, min_size=2**16)
     back = quantize.expand(small)
     err = max(np.linalg.norm(back[k] - v) / max(np.linalg.norm(v), 1e-12) for k, v in flat.items())
     shutil.rmtree(dest, ignore_errors=True)
