@@ -318,11 +318,10 @@ def test_moves_history_turn_one_memories_agree(capsys):
     paired difference. Pair 48 is the first move at turn 1 of the held-out pairs."""
     import re
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import moves_history
 
-    moves_history.main(["--checkpoint", os.path.join(root, "weights", "shapes_stage3"), "--guidance", "1",
+    moves_history.main(["--checkpoint", os.path.join(ROOT, "weights", "shapes_stage3"), "--guidance", "1",
                         "--steps", "1", "--num-pairs", "49", "--turns", "1,2"])
     rows = re.findall(r"^\s+(\d)\s+(\d+)\s+(previous|anchor)\s+([0-9.]+)\s+([0-9.]+)$", capsys.readouterr().out, re.M)
     by = {(int(t), m): (float(a), float(b)) for t, _, m, a, b in rows}
