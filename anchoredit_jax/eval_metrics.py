@@ -11,19 +11,30 @@ Every metric comes as values [K, B] plus validity [K, B]; a value counts only wh
   source; valid where such pixels remain and every mask so far is known.
 - edit_psnr, edit_mae: inside turn k's edit mask, vs the target (edit success); valid where the
   mask is known and non-empty (a no-op has nothing to succeed at).
+- l1, l2: mean absolute / squared error on [0, 1] vs the target (MagicBrush's L1, L2).
+
+With feature networks (`feature_nets.py`, user-supplied weights; `feature_metrics`), cosine
+similarities of L2-normalised embeddings, higher is better:
+- clip_i, dino: output vs target image (CLIP image / DINO CLS embeddings), where there is a target.
+- source_clip_i, source_dino: output vs the source (what the edits kept; data without targets).
+- clip_t: output's CLIP image embedding vs the CLIP text embedding of the turn's caption (a
+  description of the target), where the data gives one.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import chex
 import dm_pix
 import jax.numpy as jnp
 import numpy as np
 
 PSNR_CAP = 100.0
 METRICS = ("psnr", "ssim", "lpips", "source_psnr", "source_lpips", "identity_psnr", "identity_mae",
-           "edit_psnr", "edit_mae")
-HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae")) for m in METRICS}
+           "edit_psnr", "edit_mae", "l1", "l2")
+FEATURE_METRICS = ("clip_i", "clip_t", "dino", "source_clip_i", "source_dino")
+HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae") or m in ("l1", "l2"))
+                    for m in METRICS + FEATURE_METRICS}
 
 
 def _unit(x):
@@ -79,6 +90,7 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
     known = jnp.cumprod(has_mask, axis=0).astype(bool)
     id_psnr, id_mae, id_n = masked_errors(images, src, untouched)
     ed_psnr, ed_mae, ed_n = masked_errors(images, targets, masks)
+    d = _unit(images) - _unit(targets)
     tgt = has_target & exists
     ident = known & (id_n > 0) & exists
     edit = has_mask & tgt & (ed_n > 0)
@@ -88,7 +100,30 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
         "source_psnr": (psnr(images, src), exists), "source_lpips": (lp(images, src), exists),
         "identity_psnr": (id_psnr, ident), "identity_mae": (id_mae, ident),
         "edit_psnr": (ed_psnr, edit), "edit_mae": (ed_mae, edit),
+        "l1": (jnp.mean(jnp.abs(d), (-3, -2, -1)), tgt), "l2": (jnp.mean(jnp.square(d), (-3, -2, -1)), tgt),
     }
+
+
+def feature_metrics(embedders: dict[str, Callable], images, targets, source, captions, has_caption, has_target, exists):
+    """FEATURE_METRICS of a batch of K-turn edits, for the embedders given.
+
+    embedders: {"clip": fn, "dino": fn} (either may be absent), each [N, H, W, 3] in [-1, 1] ->
+    L2-normalised [N, D]; images, targets [K, B, H, W, 3]; source [B, H, W, 3]; captions [K, B, Dc]:
+    L2-normalised CLIP text embeddings (zeros where has_caption [K, B] is False); has_target,
+    exists [K, B] bool. -> {metric: (values [K, B], valid [K, B])}.
+    """
+    k, b = images.shape[:2]
+    out = {}
+    for name, embed in embedders.items():
+        emb = lambda x: embed(x.reshape((-1,) + x.shape[-3:])).reshape(x.shape[:-3] + (-1,))  # noqa: E731
+        fi, ft, fs = emb(images), emb(targets), emb(source)
+        chex.assert_shape(fi, (k, b, None))
+        cos = lambda a, c: jnp.sum(a * c, -1)  # noqa: E731 - unit vectors
+        out[f"{name}_i" if name == "clip" else name] = (cos(fi, ft), has_target & exists)
+        out[f"source_{name}_i" if name == "clip" else f"source_{name}"] = (cos(fi, fs[None]), exists)
+        if name == "clip":
+            out["clip_t"] = (cos(fi, captions), has_caption & exists)
+    return out
 
 
 def aggregate(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,9 +25,11 @@ config `val` section, as in the edit CLI: a distilled stage-3 run then samples w
 Protocols (--protocols): edit (held-out ShapesEdit sequences), roundtrip (add X / remove X
 alternating; ground truth = source after every remove), noop (M no-op turns; ground truth = source),
 jsonl (--jsonl FILE in the project's JSONL format: vs targets where given, vs the source always).
-Metrics: anchoredit_jax/eval_metrics.py.
+Metrics: anchoredit_jax/eval_metrics.py. --clip DIR / --dino DIR (HuggingFace CLIPModel / DINO
+ViTModel folders you supply) add clip_i, source_clip_i, clip_t (JSONL turns' "caption") / dino,
+source_dino (anchoredit_jax/feature_nets.py).
 
-Output in --out: metrics.csv (method, protocol, turn, metric, value, n: the means),
+Output in --out (written by eval_report.py): metrics.csv (method, protocol, turn, metric, value, n: the means),
 per_sequence.csv.gz (method, protocol, sequence, turn, metric, value: what they are means of, for
 paired comparisons: benchmarks/readme_tables.py --against), summary.json (settings,
 methods, timings, curves), metric_<name>.png (a panel per protocol, a line per method),
@@ -39,27 +41,23 @@ are replaced). Errors print one line "error: ..." and exit 1 (2 for bad flags).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import functools
-import glob
-import gzip
-import io
 import os
 import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from anchoredit_jax import checkpointing
 from anchoredit_jax import edit as edit_cli
 from anchoredit_jax import edit_session
-from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, sampler
+from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, eval_report, feature_nets, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
-from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.images import resolution_hw, to_float, to_uint8
 from anchoredit_jax.data.shapes_edit import SPLITS
 from anchoredit_jax.data.shapes_protocols import PROTOCOLS, make_sequence
@@ -67,9 +65,6 @@ from anchoredit_jax.model import WanDiT
 from anchoredit_jax.train_vae import load_lpips
 
 EvalError = edit_session.EditError  # one user-facing error type for both CLIs
-OUR_FILES = ("metrics.csv", "per_sequence.csv.gz", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
-TABLE_TURNS = (1, 5, 10, 20, 30)
-TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "source_psnr")
 NOOP_PAD = "keep it as it is"  # instruction of padding turns (short JSONL sequences); never scored
 
 
@@ -146,6 +141,8 @@ class Batchable:
     exists: np.ndarray  # [N, K] bool
     instructions: list[list[str]]  # N x K
     seeds: list[int]
+    captions: list[list[str]] = dataclasses.field(default_factory=list)  # N x K ("" = none)
+    caption_emb: np.ndarray | None = None  # [N, K, D] CLIP text embeddings (zeros: no caption), with --clip
 
 
 def stack_sequences(name: str, seqs, turns: int) -> Batchable:
@@ -158,7 +155,40 @@ def stack_sequences(name: str, seqs, turns: int) -> Batchable:
         b.targets[i, :k], b.masks[i, :k] = s.targets[:k], s.masks[:k]
         b.has_target[i, :k], b.has_mask[i, :k], b.exists[i, :k] = s.has_target[:k], s.has_mask[:k], True
         b.instructions.append(list(s.instructions[:k]) + [NOOP_PAD] * (turns - k))
+        b.captions.append(list(s.captions[:k]) + [""] * (turns - k))
     return b
+
+
+def embed_captions(d: Batchable, clip: feature_nets.Clip | None) -> None:
+    """Fills d.caption_emb: CLIP text embeddings of the captions given, zeros elsewhere ([N, K, 1] without CLIP)."""
+    n, k = d.has_target.shape
+    if clip is None:
+        d.caption_emb = np.zeros((n, k, 1), np.float32)
+        return
+    d.caption_emb = np.zeros((n, k, clip.tower.projection_dim), np.float32)
+    where = [(i, t) for i in range(n) for t in range(k) if d.captions[i][t]]
+    if where:
+        d.caption_emb[tuple(np.array(where).T)] = np.asarray(clip.text([d.captions[i][t] for i, t in where]))
+
+
+def load_feature_nets(args) -> dict:
+    """--clip / --dino folders -> {"clip": Clip, "dino": ImageEmbedder} (those given)."""
+    loaders = {"clip": feature_nets.load_clip, "dino": feature_nets.load_dino}
+    try:
+        return {name: loaders[name](path) for name, path in (("clip", args.clip), ("dino", args.dino)) if path}
+    except feature_nets.FeatureNetError as e:
+        raise EvalError(str(e)) from None
+
+
+def all_metrics(lpips_fn, nets: dict, net_vars: dict, images, targets, source, masks, has_target, has_mask, exists,
+                caption_emb):
+    """eval_metrics.per_turn_metrics, and feature_metrics with the networks in nets (their weights in
+    net_vars: arguments, not constants baked into the compiled program). caption_emb [K, B, D]."""
+    out = eval_metrics.per_turn_metrics(lpips_fn, images, targets, source, masks, has_target, has_mask, exists)
+    embed = {k: functools.partial(nets[k].apply, net_vars[k]) for k in nets}
+    has_caption = jnp.any(caption_emb != 0, -1)
+    return out | eval_metrics.feature_metrics(embed, images, targets, source, caption_emb, has_caption, has_target,
+                                              exists)
 
 
 def load_protocols(args, resolution) -> list[Batchable]:
@@ -251,7 +281,7 @@ def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: 
         images = decode_fn(ld.frozen, latents)  # [K, B, H, W, 3]
         t = lambda a: np.swapaxes(a[idx], 0, 1)  # noqa: E731 - [B, K, ...] -> [K, B, ...]
         got = jax.device_get(metrics_fn(images, to_float(t(data.targets)), src, t(data.masks), t(data.has_target),
-                                        t(data.has_mask), t(data.exists)))
+                                        t(data.has_mask), t(data.exists), t(data.caption_emb)))
         real = len(np.unique(idx))  # padding repeats the last index
         for name, (v, ok) in got.items():
             vals.setdefault(name, ([], []))
@@ -274,14 +304,18 @@ def run(args) -> dict:
         raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
     method_grid(args)  # bad method names and lists fail before the slow loading
     edit_cli.check_out_dir(args.out, args.overwrite)
+    nets = load_feature_nets(args)
     loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
     methods = make_methods(args, {name: ld.val for name, ld in loaded.items()})
     res = {ld.resolution for ld in loaded.values()}
     if len(res) > 1:
         raise EvalError(f"the checkpoints have different resolutions {sorted(res)}; evaluate them separately")
     datasets = load_protocols(args, res.pop())
+    for d in datasets:
+        embed_captions(d, nets.get("clip"))
     lpips_fn = load_lpips()
-    metrics_fn = jax.jit(functools.partial(eval_metrics.per_turn_metrics, lpips_fn))
+    metrics_fn = functools.partial(jax.jit(functools.partial(all_metrics, lpips_fn, nets)),
+                                   {k: net.variables for k, net in nets.items()})
     results, sheets, timings = {}, {}, {}
     bar = tqdm(total=sum(len(batch_indices(len(d.seeds), args.batch_size)) for d in datasets) * len(methods),
                desc="batches x methods", unit="batch", file=sys.stderr)
@@ -298,132 +332,8 @@ def run(args) -> dict:
                 results[(m.name, d.name)], sheets[(m.name, d.name)] = vals, shown
                 timings[f"{m.name} {d.name}"] = secs
     bar.close()
-    write_outputs(args, methods, datasets, loaded, results, sheets, timings)
+    eval_report.write_outputs(args, methods, datasets, loaded, results, sheets, timings)
     return results
-
-
-# ----------------------------------------------------------------------------- outputs
-def curves(results) -> dict:
-    """{(method, protocol): {metric: (mean [K], n [K])}}"""
-    return {key: {m: eval_metrics.aggregate(v, ok) for m, (v, ok) in vals.items()} for key, vals in results.items()}
-
-
-def _num(x: float):
-    return None if not np.isfinite(x) else round(float(x), 6)
-
-
-def format_table(cur, methods, datasets, turns: int) -> str:
-    show = [t for t in TABLE_TURNS if t <= turns] + ([turns] if turns not in TABLE_TURNS else [])
-    lines = []
-    for d in datasets:
-        for metric in TABLE_METRICS:
-            rows = [(m.name, cur[(m.name, d.name)][metric]) for m in methods]
-            if not any(n.sum() for _, (_, n) in rows) or (metric.startswith("source") and d.has_target.all()):
-                continue  # vs-source figures matter where targets are missing (the csv has them all)
-            arrow = "higher" if eval_metrics.HIGHER_IS_BETTER[metric] else "lower"
-            lines += [f"\n{d.name}: {metric} ({arrow} is better; n = sequences counted)", "",
-                      "| method | " + " | ".join(f"turn {t}" for t in show) + " |",
-                      "|---|" + "---|" * len(show)]
-            for name, (mean, n) in rows:
-                cells = [f"{mean[t - 1]:.4g} ({n[t - 1]})" if n[t - 1] else "-" for t in show]
-                lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def format_timings(timings: dict) -> str:
-    lines = ["", "seconds per turn (median over batches after the first, compiled; one batch of edits)", "",
-             "| method / protocol | batch | s per turn |", "|---|---|---|"]
-    for name, t in timings.items():
-        note = " (incl. compile: one batch only)" if t["includes_compile"] else ""
-        lines.append(f"| {name} | {t['batch_size']} | {t['seconds_per_turn']:.4f}{note} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_curves(cur, methods, datasets, turns: int, out: str) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for metric in eval_metrics.METRICS:
-        shown = [d for d in datasets if any(cur[(m.name, d.name)][metric][1].sum() for m in methods)]
-        if not shown:
-            continue
-        fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.2), dpi=110, squeeze=False)
-        for ax, d in zip(axes[0], shown):
-            for m in methods:
-                mean, _ = cur[(m.name, d.name)][metric]
-                ax.plot(np.arange(1, turns + 1), mean, marker="o", ms=2.5, label=m.name)
-            ax.set(xlabel="turn", title=f"{d.name}: {metric}")
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(out, f"metric_{metric}.png"))
-        fig.savefig(paths[-1])
-        plt.close(fig)
-    return paths
-
-
-def contact_rows(d: Batchable, methods, sheets, max_cols: int = 10) -> list:
-    """Per shown sequence: ground truth row (source + targets), then a row per method."""
-    k = d.targets.shape[1]
-    turns = np.unique(np.linspace(0, k - 1, min(k, max_cols)).round().astype(int))
-    rows = []
-    for i in range(len(next(iter(sheets.values())))):
-        rows.append([(d.source[i], f"{d.name} #{d.seeds[i]}: source")]
-                    + [(d.targets[i, t] if d.has_target[i, t] else np.full_like(d.source[i], 255),
-                        f"GT {t + 1}. {d.instructions[i][t]}") for t in turns])
-        rows += [[(d.source[i], m.name)] + [(sheets[m.name][i, t], f"{t + 1}") for t in turns] for m in methods]
-    return rows
-
-
-def write_outputs(args, methods, datasets, loaded, results, sheets, timings) -> None:
-    os.makedirs(args.out, exist_ok=True)
-    for pattern in OUR_FILES:  # stale plots of an earlier run would mislead; the user's files stay
-        for path in glob.glob(os.path.join(args.out, pattern)):
-            os.remove(path)
-    cur = curves(results)
-    with open(os.path.join(args.out, "metrics.csv"), "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["method", "protocol", "turn", "metric", "value", "n"])
-        for (mname, pname), per in cur.items():
-            for metric, (mean, n) in per.items():
-                for t in range(args.turns):
-                    w.writerow([mname, pname, t + 1, metric, "" if not n[t] else f"{mean[t]:.6g}", int(n[t])])
-    seeds = {d.name: d.seeds for d in datasets}
-    with gzip.GzipFile(os.path.join(args.out, "per_sequence.csv.gz"), "wb", mtime=0) as gz:  # same run, same bytes
-        fh = io.TextIOWrapper(gz, newline="")
-        w = csv.writer(fh)
-        w.writerow(["method", "protocol", "sequence", "turn", "metric", "value"])
-        for (mname, pname), vals in results.items():
-            for metric, (v, ok) in vals.items():
-                for i, k in zip(*np.nonzero(ok)):
-                    w.writerow([mname, pname, seeds[pname][i], k + 1, metric, f"{v[i, k]:.6g}"])
-        fh.flush()
-        fh.detach()
-    summary = dict(
-        settings={k: v for k, v in vars(args).items()}, jax_version=jax.__version__,
-        device=str(jax.devices()[0]), psnr_cap_db=eval_metrics.PSNR_CAP,
-        checkpoints={k: ld.info for k, ld in loaded.items()},
-        methods=[dict(name=m.name, checkpoint=m.checkpoint, kind=m.kind, window=m.window, anchor=m.keep_anchor,
-                      **dataclasses.asdict(m.settings)) for m in methods],
-        protocols={d.name: dict(sequences=len(d.seeds), seeds=d.seeds) for d in datasets},
-        seconds_incl_compile={k: t["seconds_incl_compile"] for k, t in timings.items()},
-        seconds_per_turn={k: {f: t[f] for f in ("seconds_per_turn", "batch_size", "includes_compile")}
-                          for k, t in timings.items()},
-        curves={f"{mn} | {pn}": {metric: dict(value=[_num(x) for x in mean], n=[int(x) for x in n])
-                                 for metric, (mean, n) in per.items()} for (mn, pn), per in cur.items()})
-    edit_cli.write_json(os.path.join(args.out, "summary.json"), summary)
-    table = format_table(cur, methods, datasets, args.turns) + format_timings(timings)
-    with open(os.path.join(args.out, "table.md"), "w") as fh:
-        fh.write(table)
-    print(table)
-    plot_curves(cur, methods, datasets, args.turns, args.out)
-    for i, d in enumerate(datasets if args.sheet else []):
-        rows = contact_rows(d, methods, {m.name: sheets[(m.name, d.name)] for m in methods})
-        name = "contact_sheet.png" if i == 0 else f"contact_sheet_{d.name}.png"
-        save_contact_sheet(rows, os.path.join(args.out, name))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -445,6 +355,10 @@ def parse_args(argv):
     ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
                                                       "(jsonl if --jsonl is given)")
     ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")
+    ap.add_argument("--clip", default="", help="a HF CLIPModel folder (e.g. openai/clip-vit-base-patch32, downloaded "
+                                               "by you): adds clip_i, source_clip_i and clip_t (JSONL captions)")
+    ap.add_argument("--dino", default="", help="a HF ViTModel folder with DINO weights (e.g. facebook/dino-vits16): "
+                                               "adds dino and source_dino")
     ap.add_argument("--turns", type=int, default=30)
     ap.add_argument("--num-sequences", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8, help="sequences per jitted call")
@@ -470,6 +384,9 @@ def parse_args(argv):
         ap.error("protocol jsonl needs --jsonl FILE")
     if args.jsonl and not os.path.isfile(args.jsonl):
         ap.error(f"--jsonl {args.jsonl}: no such file")
+    for flag in ("clip", "dino"):
+        if getattr(args, flag) and not os.path.isdir(getattr(args, flag)):
+            ap.error(f"--{flag} {getattr(args, flag)}: no such folder")
     args.sheet = min(args.sheet, args.num_sequences)
     return args
 

@@ -4,7 +4,8 @@ JSONL: one edit sequence per line,
     {"source": "imgs/0.png", "turns": [{"instruction": "add a hat", "target": "imgs/1.png",
                                         "mask": "imgs/1_mask.png", "edit_type": "add"}, ...],
      "seed": 0}
-"target", "mask", "edit_type" and "seed" are optional; other keys are ignored. Image paths are
+"target", "mask", "edit_type", "caption" (a description of the target, for CLIP-T in
+`anchoredit_jax.evaluate --clip`) and "seed" are optional; other keys are ignored. Image paths are
 relative to `image_root`, or to the JSONL file's folder when it is None (absolute paths are kept).
 Blank lines are skipped (line numbers still count them).
 
@@ -72,6 +73,7 @@ class TurnRecord:
     target: ImageRef | None = None
     mask: ImageRef | None = None
     edit_type: str = ""
+    caption: str = ""  # a description of the target (for CLIP-T), "" when not given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +183,12 @@ def _parse_line(obj, where: str, root: str) -> SequenceRecord:
         text = t["instruction"]
         if not isinstance(text, str) or not text.strip():
             raise DataFormatError(f"{where}: turn {k} has an empty instruction")
+        caption = t.get("caption", "")
+        if not isinstance(caption, str):
+            raise DataFormatError(f"{where}: turn {k} caption must be a string, got {type(caption).__name__}")
         turns.append(TurnRecord(text, path(t["target"], f"turn {k} target") if t.get("target") is not None else None,
                                 path(t["mask"], f"turn {k} mask") if t.get("mask") is not None else None,
-                                str(t.get("edit_type", ""))))
+                                str(t.get("edit_type", "")), caption.strip()))
     seed = obj.get("seed", -1)
     return SequenceRecord(path(obj["source"], "source"), tuple(turns), where, int(seed) if isinstance(seed, int) else -1)
 
@@ -235,6 +240,7 @@ def load_sequence(record: SequenceRecord, resolution=None, num_turns: int | None
                          ).reshape(len(turns), h, w, 3),
         masks=np.stack([fit_image(m, hw, True) if m is not None else np.zeros((h, w), bool) for m in masks]).reshape(len(turns), h, w),
         instructions=[t.instruction for t in turns], edit_types=[t.edit_type for t in turns], seed=record.seed,
+        captions=[t.caption for t in turns],
         has_target=np.array([t is not None for t in targets], bool).reshape(len(turns)),
         has_mask=np.array([m is not None for m in masks], bool).reshape(len(turns)))
 
@@ -275,6 +281,8 @@ def export_jsonl(sequences, out_dir: str, name: str = "data.jsonl", image_dir: s
                     turn["mask"] = rel(k + 1, "_mask")
                 if seq.edit_types[k]:
                     turn["edit_type"] = seq.edit_types[k]
+                if seq.captions[k]:
+                    turn["caption"] = seq.captions[k]
                 turns.append(turn)
             f.write(json.dumps({"source": rel(0), "turns": turns, "seed": int(seq.seed)}) + "\n")
     return path

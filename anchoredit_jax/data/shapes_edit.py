@@ -135,9 +135,12 @@ class EditSequence:
     seed: int
     has_target: np.ndarray | None = None  # [K] bool, default all True
     has_mask: np.ndarray | None = None  # [K] bool, default all True
+    captions: list[str] | None = None  # K descriptions of the targets (real data; "" = none), default all ""
 
     def __post_init__(self):
         k = len(self.instructions)
+        if self.captions is None:
+            self.captions = [""] * k
         if self.has_target is None:
             self.has_target = np.ones(k, bool)
         if self.has_mask is None:
