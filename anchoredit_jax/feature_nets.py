@@ -186,7 +186,9 @@ def convert_tower(sd: Mapping[str, np.ndarray], c: TowerConfig, where: str) -> d
             node = node.setdefault(p, {})
         node[leaf] = a
     if c.kind == "vit":  # the hub's ViT stores cls [1, 1, D] and pos [1, N, D]
-        tree["cls"], tree["pos"] = tree["cls"].reshape(-1), tree["pos"].reshape(-1, c.hidden_size)
+        for k in ("cls", "pos"):
+            if k in tree:
+                tree[k] = tree[k].reshape((-1,) if k == "cls" else (-1, tree[k].shape[-1]))
     _check(tree, c, where)
     return {"params": jax.tree.map(jnp.asarray, tree)}
 
