@@ -172,6 +172,31 @@ def load_teacher(cfg, fresh: dict, shardings, config: ml_collections.ConfigDict 
                                       config=config)
 
 
+def run_loop(config, workdir, step_impl, *, state, state_sh, mesh, rules, is_main, model, mcfg, enc, frozen, tokenize,
+             data_iter, manager, start, latent_hw, flops_per_sequence, desc):
+    """A distillation's loop (stage 3 here, DMD in dmd.py) on train.py's: step_impl(state, frozen, batch) ->
+    (state, metrics) jitted with the state's shardings and donated; validation on the state's EMA;
+    flops_per_sequence(n_tokens) -> model FLOPs of one sequence."""
+    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in BATCH_RANKS.items()}
+    repl = sharding.replicated(mesh)
+    with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
+        jitted = jax.jit(step_impl, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
+                         donate_argnums=(0,))
+
+    def step_fn(state, batch):
+        with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
+            return jitted(state, frozen, batch)
+
+    next_batch = train_lib.text_batches(enc, frozen, config, data_iter, BATCH_RANKS, batch_sh)
+    val = samples.Stage1Validation(config, enc, tokenize, model)
+    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
+    return train_lib.run_loop(
+        config, workdir, state=state, step_fn=step_fn, next_batch=next_batch, data_iter=data_iter, manager=manager,
+        validate=lambda st, step: val.run(st.ema, frozen, step, workdir, is_main), is_main=is_main, start=start,
+        tokens_per_step=config.batch_size * (config.data.num_turns + 1) * n_tokens,
+        flops_per_step=config.batch_size * flops_per_sequence(n_tokens), desc=desc)
+
+
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "stage3":
         raise ConfigError(f"anchoredit_jax.distill runs config.stage='stage3' configs, got {config.stage!r}")
@@ -213,25 +238,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return new, {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step // config.optim.grad_accum_steps),
                      **aux}
 
-    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in BATCH_RANKS.items()}
-    repl = sharding.replicated(mesh)
-    with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
-        jitted = jax.jit(distill_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
-                         donate_argnums=(0,))
-
-    def step_fn(state, batch):
-        with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
-            return jitted(state, frozen, batch)
-
-    next_batch = train_lib.text_batches(enc, frozen, config, data_iter, BATCH_RANKS, batch_sh)
-    val = samples.Stage1Validation(config, enc, tokenize, model)
-    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
-    return train_lib.run_loop(
-        config, workdir, state=state, step_fn=step_fn, next_batch=next_batch, data_iter=data_iter, manager=manager,
-        validate=lambda st, step: val.run(st.ema, frozen, step, workdir, is_main), is_main=is_main, start=start,
-        tokens_per_step=config.batch_size * (config.data.num_turns + 1) * n_tokens,
-        flops_per_step=config.batch_size * distill_flops(config, mcfg, n_tokens),
-        desc="distill")
+    return run_loop(config, workdir, distill_step, state=state, state_sh=state_sh, mesh=mesh, rules=rules,
+                    is_main=is_main, model=model, mcfg=mcfg, enc=enc, frozen=frozen, tokenize=tokenize,
+                    data_iter=data_iter, manager=manager, start=start, latent_hw=latent_hw,
+                    flops_per_sequence=functools.partial(distill_flops, config, mcfg), desc="distill")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from anchoredit_jax import distill, editor, flow, metrics, optim, sampler, samples, sharding
+from anchoredit_jax import distill, editor, flow, metrics, optim, sampler, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.config_lib import ConfigError
@@ -226,25 +226,10 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return new, {"loss": loss, "grad_norm": gen_norm, "fake_grad_norm": fake_norm, "lr": schedule(state.step),
                      **aux}
 
-    batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in BATCH_RANKS.items()}
-    repl = sharding.replicated(mesh)
-    with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
-        jitted = jax.jit(dmd_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
-                         donate_argnums=(0,))
-
-    def step_fn(state, batch):
-        with jax.set_mesh(mesh), flax.linen.logical_axis_rules(rules):
-            return jitted(state, frozen, batch)
-
-    next_batch = train_lib.text_batches(enc, frozen, config, data_iter, BATCH_RANKS, batch_sh)
-    val = samples.Stage1Validation(config, enc, tokenize, model)
-    n_tokens = (latent_hw[0] // mcfg.patch_size[1]) * (latent_hw[1] // mcfg.patch_size[2])
-    return train_lib.run_loop(
-        config, workdir, state=state, step_fn=step_fn, next_batch=next_batch, data_iter=data_iter, manager=manager,
-        validate=lambda st, step: val.run(st.ema, frozen, step, workdir, is_main), is_main=is_main, start=start,
-        tokens_per_step=config.batch_size * (config.data.num_turns + 1) * n_tokens,
-        flops_per_step=config.batch_size * dmd_flops(config, mcfg, n_tokens), desc="dmd")
-
+    return distill.run_loop(config, workdir, dmd_step, state=state, state_sh=state_sh, mesh=mesh, rules=rules,
+                            is_main=is_main, model=model, mcfg=mcfg, enc=enc, frozen=frozen, tokenize=tokenize,
+                            data_iter=data_iter, manager=manager, start=start, latent_hw=latent_hw,
+                            flops_per_sequence=functools.partial(dmd_flops, config, mcfg), desc="dmd")
 
 if __name__ == "__main__":
     train_lib.run_cli(dmd)  # --config and --workdir are train.py's flags (defined when it is imported)
