@@ -53,6 +53,10 @@ class DMDState(flax.struct.PyTreeNode):
     teacher: dict     # frozen: the real score
     rng: jax.Array
     bad_step: jax.Array
+    last_gen: jax.Array  # [3]: gen_loss, dmd_grad, grad_norm of the last generator update (logged every step)
+
+
+GEN_METRICS = ("gen_loss", "dmd_grad", "grad_norm")
 
 
 def check_config(cfg) -> None:
@@ -182,7 +186,7 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
         p = init_params(mcfg, rng, latent_hw=latent_hw)
         return DMDState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), ema=p, fake=p,
                         fake_opt_state=tx_fake.init(p), teacher=p, rng=jax.random.PRNGKey(config.seed),
-                        bad_step=jnp.full((), -1, jnp.int32))
+                        bad_step=jnp.full((), -1, jnp.int32), last_gen=jnp.zeros((len(GEN_METRICS),)))
 
     abstract, state_sh, state = train_lib.sharded_state(init_state, jax.random.PRNGKey(config.seed), mesh, rules)
     frozen = jax.device_put(frozen, sharding.replicated(mesh))
@@ -220,11 +224,13 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
         fake, fake_opt = _masked_update(tx_fake, state.fake, state.fake_opt_state, g_fake, finite)
         ema = optim.ema_update(state.ema, params, cfg.ema_decay, state.step, warmup=False)
         ema = jax.tree.map(lambda a, b: jnp.where(finite & is_gen, a, b), ema, state.ema)
+        # the generator's figures exist on its steps only; a log step shows those of its last update
+        last_gen = jnp.where(is_gen, jnp.stack([aux.pop("gen_loss"), aux.pop("dmd_grad"), gen_norm]), state.last_gen)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, fake=fake,
-                            fake_opt_state=fake_opt,
+                            fake_opt_state=fake_opt, last_gen=last_gen,
                             bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
-        return new, {"loss": loss, "grad_norm": gen_norm, "fake_grad_norm": fake_norm, "lr": schedule(state.step),
-                     **aux}
+        return new, {"loss": loss, "fake_grad_norm": fake_norm, "lr": schedule(state.step), "generator_step": is_gen,
+                     **dict(zip(GEN_METRICS, last_gen)), **aux}
 
     return distill.run_loop(config, workdir, dmd_step, state=state, state_sh=state_sh, mesh=mesh, rules=rules,
                             is_main=is_main, model=model, mcfg=mcfg, enc=enc, frozen=frozen, tokenize=tokenize,
