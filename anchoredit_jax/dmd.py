@@ -160,14 +160,6 @@ def dmd_flops(config, mcfg, n_tokens):
     return config.data.num_turns * per_turn + 3 * fwd()
 
 
-def _masked_update(tx, params, opt_state, grads, ok):
-    """One optax step that leaves params and optimiser state as they were where `ok` is False."""
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new = optax.apply_updates(params, updates)
-    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
-    return keep(new, params), keep(new_opt, opt_state)
-
-
 def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "dmd":
         raise ConfigError(f"anchoredit_jax.dmd runs config.stage='dmd' configs, got {config.stage!r}")
@@ -220,8 +212,8 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
             loss = jnp.where(state.step == config.debug.nan_at_step, jnp.nan, loss)
         gen_norm, fake_norm = optax.tree.norm(g_gen), optax.tree.norm(g_fake)
         finite = jnp.isfinite(loss) & jnp.isfinite(gen_norm) & jnp.isfinite(fake_norm)
-        params, opt_state = _masked_update(tx, state.params, state.opt_state, g_gen, finite & is_gen)
-        fake, fake_opt = _masked_update(tx_fake, state.fake, state.fake_opt_state, g_fake, finite)
+        params, opt_state = train_lib.masked_update(tx, state.params, state.opt_state, g_gen, finite & is_gen)
+        fake, fake_opt = train_lib.masked_update(tx_fake, state.fake, state.fake_opt_state, g_fake, finite)
         ema = optim.ema_update(state.ema, params, cfg.ema_decay, state.step, warmup=False)
         ema = jax.tree.map(lambda a, b: jnp.where(finite & is_gen, a, b), ema, state.ema)
         # the generator's figures exist on its steps only; a log step shows those of its last update

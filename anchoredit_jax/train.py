@@ -191,6 +191,14 @@ def open_checkpoints(config, workdir: str, abstract, state_sh, data_iter):
     return manager, restored, start
 
 
+def masked_update(tx, params, opt_state, grads, ok):
+    """One optax step that leaves params and optimiser state as they were where `ok` (a traced bool) is False."""
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new = optax.apply_updates(params, updates)
+    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)  # noqa: E731
+    return keep(new, params), keep(new_opt, opt_state)
+
+
 def guarded_update(state, tx, loss, grads, nan_at_step: int = -1):
     """Optimizer update that a non-finite loss or gradient turns into a no-op (remembered in bad_step).
 
@@ -201,11 +209,8 @@ def guarded_update(state, tx, loss, grads, nan_at_step: int = -1):
         grads = jax.tree.map(lambda g: jnp.where(state.step == nan_at_step, jnp.nan, g), grads)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     # A non-finite step changes nothing and is remembered; the host stops at the next check.
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+    params, opt_state = masked_update(tx, state.params, state.opt_state, grads, finite)
     bad = jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step)
     return state.replace(params=params, opt_state=opt_state, bad_step=bad), finite, grad_norm
 
