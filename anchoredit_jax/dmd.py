@@ -71,6 +71,12 @@ def check_config(cfg) -> None:
         raise ConfigError(f"config.dmd needs 0 <= t_min < t_max <= 1, got {cfg.t_min}, {cfg.t_max}")
 
 
+def generator_updates(step, cfg):
+    """How many generator updates the first `step` steps make (steps fake_warmup, fake_warmup +
+    gen_every, ...): the generator's optimiser, and so its lr schedule, counts these."""
+    return jnp.maximum(0, step - cfg.fake_warmup + cfg.gen_every - 1) // cfg.gen_every
+
+
 def rollout(v_sg, v_grad, noise, num_steps: int, exit_step, rng):
     """The consistency sampler (sampler.sample) stopped at `exit_step` (a traced scalar in [0, num_steps)).
 
@@ -165,13 +171,16 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise ConfigError(f"anchoredit_jax.dmd runs config.stage='dmd' configs, got {config.stage!r}")
     cfg = config.dmd
     check_config(cfg)
+    if config.optim.grad_accum_steps != 1:  # one generator update is already many fake-score steps
+        raise ConfigError(f"DMD takes config.optim.grad_accum_steps=1, got {config.optim.grad_accum_steps}")
     mesh, rules, is_main = train_lib.setup_run(config, workdir)
     data_iter, tokenize = train_lib.make_data(config, "sequence")
     mcfg, model, enc, frozen = train_lib.load_model_and_encoders(config)
-    tx, schedule = optim.make_optimizer(config.optim, config.num_steps)
+    # The generator's schedule (warm-up, decay) is in its own updates; the fake score's in steps.
+    tx, schedule = optim.make_optimizer(config.optim, int(generator_updates(config.num_steps, cfg)))
     fake_optim = ml_collections.ConfigDict(config.optim.to_dict())
     fake_optim.lr = cfg.fake_lr
-    tx_fake, _ = optim.make_optimizer(fake_optim, config.num_steps)
+    tx_fake, fake_schedule = optim.make_optimizer(fake_optim, config.num_steps)
     latent_hw = (config.data.resolution // enc.downsample,) * 2
 
     def init_state(rng):
@@ -221,7 +230,8 @@ def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema, fake=fake,
                             fake_opt_state=fake_opt, last_gen=last_gen,
                             bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step))
-        return new, {"loss": loss, "fake_grad_norm": fake_norm, "lr": schedule(state.step), "generator_step": is_gen,
+        return new, {"loss": loss, "fake_grad_norm": fake_norm, "generator_step": is_gen,
+                     "lr": schedule(generator_updates(state.step, cfg)), "fake_lr": fake_schedule(state.step),
                      **dict(zip(GEN_METRICS, last_gen)), **aux}
 
     return distill.run_loop(config, workdir, dmd_step, state=state, state_sh=state_sh, mesh=mesh, rules=rules,

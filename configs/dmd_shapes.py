@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
     ))
     del c.distill
     c.optim.lr = 1e-3 if test else 2e-6  # the generator: DMD moves it with small steps
-    c.optim.warmup_steps = 1 if test else 20
+    c.optim.warmup_steps = 1 if test else 20  # generator updates (100 steps at gen_every 5), as its schedule counts
     c.optim.end_lr_factor = 1.0
     c.eval_every = 3 if test else 50
     c.val.sample_every = 0 if test else 50

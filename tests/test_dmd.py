@@ -4,11 +4,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from anchoredit_jax import checkpointing, dmd, sampler
+from anchoredit_jax import checkpointing, dmd, optim, sampler
 from anchoredit_jax.config_lib import load_config
 from anchoredit_jax.metrics import read_jsonl
 from test_distill import _max_diff, _tiny_model
@@ -104,6 +105,15 @@ def test_two_time_scales_ema_and_frozen_teacher(full_run):
         assert _max_diff(want if moved else a["ema"], b["ema"]) < 1e-6
     m = _metrics(full_run)
     assert [s for s in m if m[s]["generator_step"]] == [s + 1 for s in range(STEPS) if s % cfg.gen_every == 0]
+    # The generator's lr schedule runs over its own updates (2 here), the fake score's over steps.
+    n_gen = int(dmd.generator_updates(STEPS, cfg))
+    assert n_gen == sum(bool(r["generator_step"]) for r in m.values())
+    c = _config()
+    gen_sched = optim.learning_rate_schedule(c.optim, n_gen)
+    fake_sched = optim.learning_rate_schedule(ml_collections.ConfigDict({**c.optim.to_dict(), "lr": cfg.fake_lr}), STEPS)
+    for s in m:  # log step s is state step s - 1; its lr is the one the next generator update uses
+        assert m[s]["lr"] == pytest.approx(float(gen_sched(dmd.generator_updates(s - 1, cfg)))), s
+        assert m[s]["fake_lr"] == pytest.approx(float(fake_sched(s - 1))), s
     # Every log line carries the figures of the last generator update.
     assert all(m[s]["gen_loss"] == m[1 + cfg.gen_every * ((s - 1) // cfg.gen_every)]["gen_loss"] > 0 for s in m)
     # Editing loads the generator's EMA from the workdir.
@@ -129,6 +139,8 @@ def test_bad_config_is_named(tmp_path):
         dmd.dmd(_config(**{"dmd.gen_every": 0}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="t_min < t_max"):
         dmd.dmd(_config(**{"dmd.t_min": 0.9, "dmd.t_max": 0.1}), str(tmp_path / "y"))
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        dmd.dmd(_config(**{"optim.grad_accum_steps": 2}), str(tmp_path / "w"))
     with pytest.raises(ValueError, match="stage='dmd'"):
         dmd.dmd(_config(stage="stage3"), str(tmp_path / "z"))
-    assert not any(os.path.exists(tmp_path / n) for n in "xyz")  # nothing written before the checks
+    assert not any(os.path.exists(tmp_path / n) for n in "wxyz")  # nothing written before the checks
