@@ -135,6 +135,8 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
             raise ConfigError(f"config.data.edit_weights: {e}") from None
     if "val" in config:
         samples.val_settings(config.val)  # likewise
+    if config.eval_every < 0:
+        raise ConfigError(f"config.eval_every must be >= 0 (0: no held-out evaluation), got {config.eval_every}")
     _check_sources(config, workdir)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -234,6 +236,8 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     if start % echo and start < total_steps:
         raise ConfigError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
                           "resume with the echo the run was saved with")
+    # eval_every = 0: no held-out loss and no best checkpoint (smoke runs, tests, throughput probes)
+    evaluates = lambda done: config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps)  # noqa: E731
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
@@ -255,7 +259,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
                 jax.block_until_ready(state.step)
                 time.sleep(config.debug.step_sleep)
             boundary = (done % config.log_every == 0 or done == total_steps or done % config.checkpoint.every == 0
-                        or done % config.eval_every == 0)
+                        or evaluates(done))
             if boundary:
                 bad = int(jax.device_get(state.bad_step))
                 if bad >= 0:
@@ -273,7 +277,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
                 bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}")
                 last = m
                 t0, s0 = time.perf_counter(), done
-            if done % config.eval_every == 0 or done == total_steps:
+            if evaluates(done):
                 vm = validate(state, done)
                 writer.write(done, vm)
                 best.save(done, args=checkpointing.ocp.args.Composite(

@@ -71,6 +71,7 @@ def test_train_cli_reports_a_bad_config_key_before_touching_the_workdir(tmp_path
     ("--config.val.loss_examples=2", "error: config.val.num_examples (4, the preview pairs) must not exceed"),
     ("--config.data.edit_weights.add=-1", "error: config.data.edit_weights: edit_weights must be finite, >= 0"),
     ("--config.mesh.data=3", "error: config.mesh: mesh (data=3, fsdp=1, tensor=1) needs 3 devices, 1 are"),
+    ("--config.eval_every=-1", "error: config.eval_every must be >= 0 (0: no held-out evaluation), got -1"),
     ("--config.init_from=no/such/run", "error: config.init_from='no/such/run': no such directory"),
 ])
 def test_train_cli_reports_a_bad_config_value_in_one_line_before_touching_the_workdir(tmp_path, flag, message):

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_release(tmp_path_factory):
     base = tmp_path_factory.mktemp("qs")
     cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 1000, "checkpoint.every": 2,
+        "num_steps": 2, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
         "checkpoint.async_save": False})  # test_edit_cli's run: the persistent cache has its programs
     train_lib.train(cfg, str(base / "run"))
     release.export(str(base / "run"), str(base / "rel"), which="params")

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def workdir(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("run") / "workdir")
     cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 1000, "checkpoint.every": 2,
+        "num_steps": 2, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
         "checkpoint.async_save": False, "ema_decay": 0.9})
     train_lib.train(cfg, wd)
     return wd
@@ -162,7 +162,7 @@ def test_init_from_names_the_data_flags_the_source_was_trained_with(workdir, cap
 def test_init_from_starts_the_ema_from_the_loaded_weights(workdir, tmp_path):
     """After one step at learning rate 0 the EMA is still the init_from weights (not mixed with a random init)."""
     cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 1, "val.sample_every": 0, "eval_every": 1000, "checkpoint.every": 1,
+        "num_steps": 1, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 1,
         "checkpoint.async_save": False, "ema_decay": 0.9, "optim.lr": 0.0, "init_from": workdir})
     train_lib.train(cfg, str(tmp_path / "next"))
     _, _, loaded = checkpointing.load_trained(workdir, which="ema")

@@ -21,12 +21,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(**overrides):
-    base = {"val.sample_every": 0, "eval_every": 1000}
+    base = {"val.sample_every": 0, "eval_every": 0}
     return load_config(os.path.join(ROOT, CONFIG), "test", **{**base, **overrides})
 
 
 def _cmd(workdir, **overrides):
-    base = {"val.sample_every": 0, "eval_every": 1000}
+    base = {"val.sample_every": 0, "eval_every": 0}
     flags = [f"--config.{k}={v}" for k, v in {**base, **overrides}.items()]
     return [sys.executable, "-m", "anchoredit_jax.train", f"--config={CONFIG}:test", f"--workdir={workdir}", *flags]
 
@@ -70,6 +70,10 @@ def test_sharded_step_equals_single_device(tmp_path):
         train_lib.train(cfg, str(tmp_path / name))
         runs[name] = (_losses(tmp_path / name), _params(tmp_path / name, 2))
     (l1, p1), (l8, p8) = runs["one"], runs["mesh222"]
+    # eval_every = 0: no held-out loss, no best checkpoint
+    assert not any("val_loss" in r for r in read_jsonl(str(tmp_path / "one" / "metrics.jsonl")))
+    best = tmp_path / "one" / "best"
+    assert not best.exists() or not os.listdir(best)
     print(f"losses one device {l1}, (2,2,2) mesh {l8}")
     np.testing.assert_allclose([l1[1], l1[2]], [l8[1], l8[2]], rtol=1e-5)
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), p1, p8))
