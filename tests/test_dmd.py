@@ -1,5 +1,6 @@
 """DMD (anchoredit_jax/dmd.py): the rollout is the consistency sampler, the distribution-matching
 gradient vanishes when the two scores agree, the two-time-scale update, the EMA, exact resume."""
+import functools
 import os
 
 import jax
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("cache_small_programs")  # conftest.py
 
 
 def _config(**overrides):
-    base = {"num_steps": STEPS, "eval_every": 1000, "val.sample_every": 0, "checkpoint.every": 1,
+    base = {"num_steps": STEPS, "eval_every": 0, "val.sample_every": 0, "checkpoint.every": 1,
             "checkpoint.max_to_keep": STEPS + 1, "checkpoint.async_save": False, "mesh.num_devices": 1,
             "mesh.data": 1}
     return load_config(os.path.join(ROOT, "configs/dmd_shapes.py"), "test", **{**base, **overrides})
@@ -56,20 +57,27 @@ def test_rollout_run_to_the_end_is_the_consistency_sampler():
     np.testing.assert_allclose(grad(1.0), -ts[2] * jnp.sum(v_fn(x2, ts[2])), rtol=1e-5)
 
 
-def _loss(fake_scale=1.0, **cfg):
-    model, gen = _tiny_model()
-    teacher = jax.tree.map(lambda x: 1.05 * x, gen)
-    fake = jax.tree.map(lambda x: fake_scale * x, teacher)
+@functools.cache
+def _jitted_loss(real_guidance):
+    """value_and_grad of the generator's loss on a tiny model, traced once per guidance (the weights are arguments)."""
+    model, _ = _tiny_model()
     b, k, rng = 2, 2, jax.random.PRNGKey(5)
     frames = jax.random.normal(jax.random.PRNGKey(6), (b, k + 1, 4, 4, 4))
     texts, masks = jax.random.normal(jax.random.PRNGKey(7), (b, k, 3, 8)), jnp.ones((b, k, 3), bool)
     null_t, null_m = jnp.zeros((3, 8)), jnp.zeros((3,), bool).at[0].set(True)
     c = _config().dmd.copy_and_resolve_references()
-    c.update(cfg)
-    f = lambda p, fk: dmd.loss_fn(p, fk, model, rng, teacher=teacher, frames=frames, texts=texts,  # noqa: E731
-                                  text_masks=masks, null_text=null_t, null_mask=null_m, turn_valid=jnp.ones((b, k)),
-                                  cfg=c, train_generator=True)
-    (_, aux), (g_gen, g_fake) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(gen, fake)
+    c.real_guidance = real_guidance
+    f = lambda p, fk, teacher: dmd.loss_fn(p, fk, model, rng, teacher=teacher, frames=frames, texts=texts,  # noqa: E731
+                                           text_masks=masks, null_text=null_t, null_mask=null_m,
+                                           turn_valid=jnp.ones((b, k)), cfg=c, train_generator=True)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+
+def _loss(fake_scale=1.0, real_guidance=1.0):
+    _, gen = _tiny_model()
+    teacher = jax.tree.map(lambda x: 1.05 * x, gen)
+    fake = jax.tree.map(lambda x: fake_scale * x, teacher)
+    (_, aux), (g_gen, g_fake) = _jitted_loss(real_guidance)(gen, fake, teacher)
     norm = lambda t: float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t))))  # noqa: E731
     return aux, norm(g_gen), norm(g_fake)
 
@@ -110,7 +118,8 @@ def test_two_time_scales_ema_and_frozen_teacher(full_run):
     assert n_gen == sum(bool(r["generator_step"]) for r in m.values())
     c = _config()
     gen_sched = optim.learning_rate_schedule(c.optim, n_gen)
-    fake_sched = optim.learning_rate_schedule(ml_collections.ConfigDict({**c.optim.to_dict(), "lr": cfg.fake_lr}), STEPS)
+    fake_optim = ml_collections.ConfigDict({**c.optim.to_dict(), "lr": cfg.fake_lr})
+    fake_sched = optim.learning_rate_schedule(fake_optim, STEPS)
     for s in m:  # log step s is state step s - 1; its lr is the one the next generator update uses
         assert m[s]["lr"] == pytest.approx(float(gen_sched(dmd.generator_updates(s - 1, cfg)))), s
         assert m[s]["fake_lr"] == pytest.approx(float(fake_sched(s - 1))), s
