@@ -1,5 +1,7 @@
 """Test setup: 8 simulated CPU devices so mesh/sharding code runs, fp32 matmuls for parity."""
+import atexit
 import os
+import shutil
 import tempfile
 
 # Must be set before jax is imported anywhere.
@@ -8,8 +10,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Training tests start the same small programs in several subprocesses: a persistent XLA cache
-# (inherited through the environment) compiles each once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "anchoredit_jax_xla_cache"))
+# (inherited through the environment) compiles each once. It is fresh per session, so a second
+# run on the same machine is timed as a clean machine would run it (no programs left from before).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="anchoredit_jax_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -25,3 +31,15 @@ def cache_small_programs():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+# README runs the suite on two pytest-xdist workers, one file at a time each (--dist loadfile). These
+# files take the longest (measured with --durations; docs/ci_history.md): handing them out first
+# keeps one worker from starting a long file when the other has nothing left.
+LONGEST_FIRST = ("test_train.py", "test_distill.py", "test_stage2.py", "test_dmd.py", "test_edit_cli.py",
+                 "test_evaluate.py", "test_release.py", "test_mcie.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
