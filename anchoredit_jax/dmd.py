@@ -59,8 +59,12 @@ class DMDState(flax.struct.PyTreeNode):
 GEN_METRICS = ("gen_loss", "dmd_grad", "grad_norm")
 
 
-def check_config(cfg) -> None:
-    """config.dmd's values, a wrong one named (dmd() calls it before anything is loaded or written)."""
+def check_config(config) -> None:
+    """config.dmd's values and the optimiser settings DMD supports, a wrong one named (dmd() calls it
+    before anything is loaded or written)."""
+    cfg = config.dmd
+    if config.optim.grad_accum_steps != 1:  # one generator update is already many fake-score steps
+        raise ConfigError(f"DMD takes config.optim.grad_accum_steps=1, got {config.optim.grad_accum_steps}")
     if cfg.gen_every < 1:
         raise ConfigError(f"config.dmd.gen_every must be >= 1, got {cfg.gen_every}")
     if cfg.fake_warmup < 0:
@@ -169,10 +173,8 @@ def dmd_flops(config, mcfg, n_tokens):
 def dmd(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.stage != "dmd":
         raise ConfigError(f"anchoredit_jax.dmd runs config.stage='dmd' configs, got {config.stage!r}")
+    check_config(config)
     cfg = config.dmd
-    check_config(cfg)
-    if config.optim.grad_accum_steps != 1:  # one generator update is already many fake-score steps
-        raise ConfigError(f"DMD takes config.optim.grad_accum_steps=1, got {config.optim.grad_accum_steps}")
     mesh, rules, is_main = train_lib.setup_run(config, workdir)
     data_iter, tokenize = train_lib.make_data(config, "sequence")
     mcfg, model, enc, frozen = train_lib.load_model_and_encoders(config)
