@@ -33,6 +33,6 @@ setup(
         # Only conversion to/from PyTorch and the peer-parity tests need these. Install
         # torch==2.13.0 (CPU) yourself FIRST: an unpinned torch pulls several GB of CUDA wheels.
         "torch": ["torch>=2.4", "diffusers>=0.33", "accelerate"],
-        "test": ["pytest>=8", "pytest-xdist"],
+        "test": ["pytest>=8", "pytest-xdist", "filelock"],
     },
 )

@@ -19,6 +19,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -31,6 +32,32 @@ def cache_small_programs():
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     yield
     jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+@pytest.fixture(scope="session")
+def tiny_stage1_run(tmp_path_factory):
+    """A 2-step stage-1 workdir of the test config (EMA decay 0.9, so EMA and raw weights differ; a
+    held-out loss logged at step 2), trained once per test run and shared by the modules that only
+    read it (edit CLI, release, quickstart): under pytest-xdist the workers share it through the
+    run's common temporary folder, the first one to ask trains it under a file lock.
+    Read-only: a test that changes a workdir copies it first."""
+    from anchoredit_jax import train as train_lib
+    from anchoredit_jax.config_lib import load_config
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    workdir = root / "tiny_stage1_run"
+    with FileLock(str(root / "tiny_stage1_run.lock")):
+        if not (workdir / "trained").exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that died half-way
+            cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                           "configs", "stage1_shapes.py"), "test", **{
+                "num_steps": 2, "val.sample_every": 0, "eval_every": 2, "checkpoint.every": 2,
+                "checkpoint.async_save": False, "ema_decay": 0.9})
+            train_lib.train(cfg, str(workdir))
+            (workdir / "trained").touch()
+    return str(workdir)
 
 
 # README runs the suite on two pytest-xdist workers, one file at a time each (--dist loadfile). These

@@ -1,6 +1,6 @@
 """The edit CLI (anchoredit_jax.edit) on a 2-step checkpoint: batch, interactive, image policy, errors.
 
-The CLI runs in-process through `main(argv)`; the checkpoint is trained once per module.
+The CLI runs in-process through `main(argv)`; the checkpoint is conftest's shared 2-step run.
 """
 import io
 import json
@@ -14,8 +14,6 @@ import pytest
 from PIL import Image
 
 from anchoredit_jax import edit
-from anchoredit_jax import train as train_lib
-from anchoredit_jax.config_lib import load_config
 from anchoredit_jax.data.shapes_edit import generate_sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,13 +25,8 @@ pytestmark = pytest.mark.usefixtures("cache_small_programs")  # conftest.py
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run") / "workdir")
-    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
-        "checkpoint.async_save": False})
-    train_lib.train(cfg, workdir)
-    return workdir
+def ckpt(tiny_stage1_run):
+    return tiny_stage1_run  # conftest.py: a 2-step stage-1 run shared with other modules
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,15 @@ import os
 import pytest
 
 from anchoredit_jax import quickstart, release
-from anchoredit_jax import train as train_lib
-from anchoredit_jax.config_lib import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def tiny_release(tmp_path_factory):
-    base = tmp_path_factory.mktemp("qs")
-    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
-        "checkpoint.async_save": False})  # test_edit_cli's run: the persistent cache has its programs
-    train_lib.train(cfg, str(base / "run"))
-    release.export(str(base / "run"), str(base / "rel"), which="params")
-    return str(base / "rel")
+def tiny_release(tiny_stage1_run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("qs") / "rel")
+    release.export(tiny_stage1_run, out, which="params")  # conftest.py's shared 2-step run
+    return out
 
 
 def test_quickstart_writes_the_pictures(tiny_release, tmp_path, capsys):

@@ -21,13 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    wd = str(tmp_path_factory.mktemp("run") / "workdir")
-    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
-        "checkpoint.async_save": False, "ema_decay": 0.9})
-    train_lib.train(cfg, wd)
-    return wd
+def workdir(tiny_stage1_run):
+    return tiny_stage1_run  # conftest.py: 2 steps, EMA decay 0.9, shared with other modules
 
 
 def test_export_load_is_exact_and_refuses_to_overwrite(workdir, tmp_path):
@@ -282,17 +277,13 @@ def test_blend_weights_is_the_weighted_mean_in_a_new_release(workdir, tmp_path, 
     assert not os.path.exists(str(tmp_path / "x"))
 
 
-def test_val_loss_script_gives_the_loss_the_run_logged(tmp_path, capsys):
+def test_val_loss_script_gives_the_loss_the_run_logged(tiny_stage1_run, capsys):
     """benchmarks/val_loss.py evaluates the same held-out pairs, noise and timesteps as training."""
     import sys
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import val_loss
 
-    wd = str(tmp_path / "run")
-    cfg = load_config(os.path.join(ROOT, "configs/stage1_shapes.py"), "test", **{
-        "num_steps": 2, "val.sample_every": 0, "eval_every": 2, "checkpoint.every": 2,
-        "checkpoint.async_save": False, "ema_decay": 0.9})
-    train_lib.train(cfg, wd)
+    wd = tiny_stage1_run  # conftest.py: it logged its held-out loss at step 2
     logged = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
     logged = [r["val_loss"] for r in logged if "val_loss" in r][-1]  # the EMA's, as validation uses
     val_loss.main(["--config", os.path.join(wd, "config.json"), wd, f"{wd}:params"])
