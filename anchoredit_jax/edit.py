@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, mcie, sampler
+from anchoredit_jax import checkpointing, compile_cache, mcie, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
@@ -331,6 +331,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
     checkpointing.quiet_logging()
+    compile_cache.enable()
     try:
         args = parse_args(argv)
     except SystemExit as e:  # argparse already printed the message

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing
+from anchoredit_jax import checkpointing, compile_cache
 from anchoredit_jax import edit as edit_cli
 from anchoredit_jax import edit_session
 from anchoredit_jax import editor, encoders, eval_methods, eval_metrics, eval_report, feature_nets, sampler
@@ -394,6 +394,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
     checkpointing.quiet_logging()
+    compile_cache.enable()
     try:
         args = parse_args(argv)
     except SystemExit as e:

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from anchoredit_jax import checkpointing, evaluate, release
+from anchoredit_jax import checkpointing, compile_cache, evaluate, release
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WEIGHTS = os.path.join(ROOT, "weights", "shapes_stage3")
@@ -52,6 +52,7 @@ def short_training(args, workdir: str) -> None:
 
 def main(argv=None) -> int:
     checkpointing.quiet_logging()
+    compile_cache.enable()
     args = parse_args(argv)
     t0 = time.perf_counter()
     if not release.is_release(args.weights):

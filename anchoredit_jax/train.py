@@ -25,7 +25,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, config_lib, distributed, encoders, metrics, optim, samples, sharding, stage1, stage2
+from anchoredit_jax import checkpointing, compile_cache, config_lib, distributed, encoders, metrics, optim, samples
+from anchoredit_jax import sharding, stage1, stage2
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.config_lib import ConfigError, model_config
 from anchoredit_jax.data import pipeline, shapes_edit
@@ -442,6 +443,7 @@ def run_cli(fn) -> None:
     def main(argv):
         del argv
         checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
+        compile_cache.enable()
         try:
             result = fn(_CONFIG.value, _WORKDIR.value)
         except ConfigError as e:  # the user's to fix: one line, no traceback

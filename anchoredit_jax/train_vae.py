@@ -37,7 +37,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from anchoredit_jax import checkpointing, config_lib
+from anchoredit_jax import checkpointing, compile_cache, config_lib
 from anchoredit_jax import vae as vae_lib
 from anchoredit_jax.data import images as pixels
 from anchoredit_jax.data.contact_sheet import save_image
@@ -351,6 +351,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     checkpointing.quiet_logging(keep_info=flags.FLAGS["verbosity"].present)
+    compile_cache.enable()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError) as e:  # bad config or init_from: one line, no traceback
