@@ -40,7 +40,7 @@ def tiny_stage1_run(tmp_path_factory):
     held-out loss logged at step 2), trained once per test run and shared by the modules that only
     read it (edit CLI, release, quickstart): under pytest-xdist the workers share it through the
     run's common temporary folder, the first one to ask trains it under a file lock.
-    Read-only: a test that changes a workdir copies it first."""
+    Read-only (checked when the session ends): a test that changes a workdir copies it first."""
     from anchoredit_jax import train as train_lib
     from anchoredit_jax.config_lib import load_config
 
@@ -57,7 +57,15 @@ def tiny_stage1_run(tmp_path_factory):
                 "checkpoint.async_save": False, "ema_decay": 0.9})
             train_lib.train(cfg, str(workdir))
             (workdir / "trained").touch()
-    return str(workdir)
+    before = _listing(workdir)
+    yield str(workdir)
+    assert _listing(workdir) == before, "a test wrote into the shared run: copy it first"
+
+
+def _listing(folder):
+    """(path, size, mtime) of every file below folder."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*") if p.is_file())
 
 
 # README runs the suite on two pytest-xdist workers, one file at a time each (--dist loadfile). These

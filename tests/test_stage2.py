@@ -92,10 +92,10 @@ def test_compiles_once_with_eviction_and_degradation(setup):
 def test_resume_is_exact(tmp_path):
     def cfg(n):
         return load_config(os.path.join(ROOT, "configs/stage2_shapes.py"), "test",
-                           **{"num_steps": n, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 2,
+                           **{"num_steps": n, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 1,
                               "checkpoint.async_save": False, "mesh.num_devices": 1})
-    train_lib.train(cfg(4), str(tmp_path / "full"))
-    train_lib.train(cfg(2), str(tmp_path / "split"))
-    train_lib.train(cfg(4), str(tmp_path / "split"))  # resumes from step 2
+    train_lib.train(cfg(3), str(tmp_path / "full"))
+    train_lib.train(cfg(1), str(tmp_path / "split"))
+    train_lib.train(cfg(3), str(tmp_path / "split"))  # resumes from step 1: rollout ratios 1/3, 2/3
     loss = lambda d: {r["step"]: r["loss"] for r in read_jsonl(str(d / "metrics.jsonl")) if "loss" in r}  # noqa: E731
     assert loss(tmp_path / "full") == loss(tmp_path / "split")
