@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from anchoredit_jax.attention import FrameLayout, attention_weights, dot_product_attention, frame_attention
+from anchoredit_jax.layers import Dense, LayerNorm, RMSNorm, StoredParams
 
 MODES = ("bidirectional", "block_causal", "teacher_forcing", "memory")
 REMAT_POLICIES = {
@@ -99,14 +100,14 @@ class DiTConfig:
 
 def _dense(features, axes, name, dtype, kernel_init=nn.initializers.xavier_uniform()):
     """Linear layer whose kernel [in, out] and bias carry logical axis names (for sharding rules)."""
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
+    return Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
                     kernel_init=nn.with_logical_partitioning(kernel_init, axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
 
 def _layer_norm(eps, affine=False, name=None):
     # fp32 island; exact variance, as torch's LayerNorm.
-    return nn.LayerNorm(epsilon=eps, use_bias=affine, use_scale=affine, dtype=jnp.float32,
+    return LayerNorm(epsilon=eps, use_bias=affine, use_scale=affine, dtype=jnp.float32,
                         param_dtype=jnp.float32, use_fast_variance=False, name=name,
                         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
@@ -209,8 +210,8 @@ class Attention(nn.Module):
         self.to_out = _dense(c.dim, ("heads", "embed"), "to_out", dt)
         rms = dict(epsilon=c.eps, dtype=jnp.float32, param_dtype=jnp.float32,
                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("heads",)))
-        self.norm_q = nn.RMSNorm(**rms, name="norm_q")
-        self.norm_k = nn.RMSNorm(**rms, name="norm_k")
+        self.norm_q = RMSNorm(**rms, name="norm_q")
+        self.norm_k = RMSNorm(**rms, name="norm_k")
 
     def heads(self, x):
         return x.reshape(*x.shape[:-1], self.config.num_heads, self.config.head_dim)
@@ -229,7 +230,7 @@ class Attention(nn.Module):
 
 
 # 4. Block ----------------------------------------------------------------------------------------
-class Block(nn.Module):
+class Block(StoredParams, nn.Module):
     """One Wan block: modulated self-attention, cross-attention to the frame's instruction, modulated FFN.
 
     Called under nn.scan over layers: (hidden, memory_kv_of_this_layer) -> (hidden, (kv_out, xattn_map)).
@@ -305,7 +306,7 @@ class Block(nn.Module):
 
 
 # 5. Model ----------------------------------------------------------------------------------------
-class WanDiT(nn.Module):
+class WanDiT(StoredParams, nn.Module):
     """The causal DiT. See the module docstring for modes and shapes."""
 
     config: DiTConfig

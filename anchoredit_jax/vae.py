@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anchoredit_jax import layers
+
 Array = jax.Array
 Dtype = Any
 
@@ -115,15 +117,15 @@ class WanVAEConfig:
 # Layers
 # ----------------------------------------------------------------------------------------------
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1,
-          padding: Any = None) -> nn.Conv:
+          padding: Any = None) -> layers.Conv:
     """2-D conv standing in for a causal 3-D conv on one frame (symmetric spatial padding)."""
     if padding is None:
         padding = ((kernel // 2, kernel // 2),) * 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
+    return layers.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
                    dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(layers.StoredParams, nn.Module):
     """WanRMS_norm: x / max(||x||_2, 1e-12) * sqrt(C) * gamma over the channel axis, in fp32."""
 
     @nn.compact

@@ -6,6 +6,8 @@ weights passed through safetensors folders so the file path is exercised in both
 import json
 import os
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,6 +151,20 @@ def test_mismatched_checkpoint_names_tensor(tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"blocks\.0\.ffn\.net\.0\.proj\.weight"):
         interop.load_diffusers_transformer(str(tmp_path / "a"))
+
+
+def test_applying_weights_of_another_shape_names_the_parameter():
+    """model.StoredParams reads stored weights without flax's per-trace eval_shape, but still checks
+    their shapes: params of a wider FFN given to a narrower model name the parameter and both shapes."""
+    small = DiTConfig(num_layers=2, num_heads=2, head_dim=12, ffn_dim=40, in_channels=4, out_channels=4,
+                      text_dim=20, freq_dim=32)
+    wide = DiTConfig(**{**small.__dict__, "ffn_dim": 44})
+    params = jax.tree.map(np.asarray, nn.unbox(init_params(wide, jax.random.PRNGKey(0))))
+    x, t = jnp.zeros((1, 1, 4, 4, 4)), jnp.zeros((1, 1))
+    args = (x, t, jnp.zeros((1, 1, 3, 20)), jnp.ones((1, 1, 3), bool), jnp.zeros((1, 1), jnp.int32))
+    assert WanDiT(wide).apply({"params": params}, *args, mode="bidirectional").shape == x.shape
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=r'"kernel" in "/scan\(blocks\)/ffn_in".*\(24, 40\).*\(24, 44\)'):
+        WanDiT(small).apply({"params": params}, *args, mode="bidirectional")
 
 
 def test_unsupported_variant_refused():

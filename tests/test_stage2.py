@@ -13,6 +13,7 @@ from anchoredit_jax import train as train_lib
 from anchoredit_jax.config_lib import load_config
 from anchoredit_jax.metrics import read_jsonl
 from anchoredit_jax.model import DiTConfig, WanDiT, init_params
+from runs import rewind
 
 B, K, H, W, C, L, D = 2, 3, 4, 4, 4, 5, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,12 +91,12 @@ def test_compiles_once_with_eviction_and_degradation(setup):
 
 
 def test_resume_is_exact(tmp_path):
-    def cfg(n):
-        return load_config(os.path.join(ROOT, "configs/stage2_shapes.py"), "test",
-                           **{"num_steps": n, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 1,
-                              "checkpoint.async_save": False, "mesh.num_devices": 1})
-    train_lib.train(cfg(3), str(tmp_path / "full"))
-    train_lib.train(cfg(1), str(tmp_path / "split"))
-    train_lib.train(cfg(3), str(tmp_path / "split"))  # resumes from step 1: rollout ratios 1/3, 2/3
+    cfg = load_config(os.path.join(ROOT, "configs/stage2_shapes.py"), "test",
+                      **{"num_steps": 3, "val.sample_every": 0, "eval_every": 0, "checkpoint.every": 1,
+                         "checkpoint.async_save": False, "mesh.num_devices": 1})
+    train_lib.train(cfg, str(tmp_path / "full"))
+    split = rewind(tmp_path / "full", tmp_path / "split", 1)  # as if stopped after step 1 (tests/runs.py)
+    train_lib.train(cfg, split)  # resumes from step 1: rollout ratios 1/3, 2/3
     loss = lambda d: {r["step"]: r["loss"] for r in read_jsonl(str(d / "metrics.jsonl")) if "loss" in r}  # noqa: E731
+    assert sorted(loss(tmp_path / "split")) == [1, 2, 3]  # steps 2 and 3 written by the resumed run
     assert loss(tmp_path / "full") == loss(tmp_path / "split")
