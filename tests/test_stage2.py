@@ -46,7 +46,7 @@ def setup():
 def test_ratio_zero_equals_teacher_forcing(setup):
     model, params, batch = setup
     rng = jax.random.key(3)
-    loss, aux = stage2.loss_fn(params, model, rng, ratio=0.0, cfg=_cfg(), **batch)
+    loss, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(), **batch))(params)
     # the same turns through mode="teacher_forcing": clean frames 0..K, noisy targets 1..K
     d = stage2.draw(rng, B, K, (H, W, C), _cfg())
     z = batch["frames"]
@@ -55,8 +55,8 @@ def test_ratio_zero_equals_teacher_forcing(setup):
     t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
     noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
     x_t = flow.add_noise(z, noise, t)
-    v = model.apply({"params": params}, x_t, t, texts, masks, jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
-                    mode="teacher_forcing", clean=z)[:, 1:]
+    v = jax.jit(lambda p: model.apply({"params": p}, x_t, t, texts, masks, jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
+                                      mode="teacher_forcing", clean=z))(params)[:, 1:]
     err = jnp.mean(jnp.square(v - flow.velocity_target(z[:, 1:], d["noise"])), -1)
     weight = 1.0 + (1.0 - batch["edit_masks"])
     ref = (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)  # [K]
@@ -75,7 +75,7 @@ def test_no_gradient_through_memory_or_rollouts(setup, ratio):
         return stage2.loss_fn(params, model, jax.random.key(1), ratio=ratio, cfg=_cfg(window=1),
                               **{**batch, "frames": frames, "turn_valid": valid})[0]
 
-    g = jax.grad(f)(batch["frames"])
+    g = jax.jit(jax.grad(f))(batch["frames"])  # one program, not op-by-op dispatch
     # ... so frames 0 (anchor) and 1 reach the loss only through the memory: no gradient at all
     assert float(jnp.abs(g[:, 0]).max()) == 0.0 and float(jnp.abs(g[:, 1]).max()) == 0.0
     assert float(jnp.abs(g[:, 2]).max()) > 0.0  # a target does get gradient
