@@ -394,11 +394,11 @@ def parse_args(argv):
 def main(argv=None) -> int:
     """CLI entry point; returns the exit code (0 ok, 1 error, 2 bad flags)."""
     checkpointing.quiet_logging()
-    compile_cache.enable()
     try:
         args = parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
+    compile_cache.enable()  # after the flags: --help or a bad flag makes no cache folder
     try:
         t0 = time.perf_counter()
         run(args)

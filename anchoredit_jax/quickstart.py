@@ -52,8 +52,8 @@ def short_training(args, workdir: str) -> None:
 
 def main(argv=None) -> int:
     checkpointing.quiet_logging()
-    compile_cache.enable()
     args = parse_args(argv)
+    compile_cache.enable()  # after the flags: --help or a bad flag makes no cache folder
     t0 = time.perf_counter()
     if not release.is_release(args.weights):
         print(f"error: {args.weights} is not a release folder (config.json + dit/); from a source checkout the "

@@ -52,3 +52,18 @@ def test_unusable_folder_is_a_warning_not_an_error(tmp_path):
     blocker.write_text("")  # a file where the folder would go
     folder, hits, err = _run(tmp_path, ANCHOREDIT_COMPILATION_CACHE=str(blocker / "xla"))
     assert (folder, hits) == ("None", 0) and "compilation cache off: cannot use" in err
+
+
+def test_help_and_bad_flags_make_no_cache_folder(tmp_path):
+    """The CLIs turn the cache on after reading their flags: asking for --help writes nothing."""
+    script = ("import contextlib, io\nfrom anchoredit_jax import edit, evaluate, quickstart\n"
+              "for m in (edit, evaluate, quickstart):\n"
+              "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+              "        m.main(['--help'])\n"
+              "    with contextlib.suppress(SystemExit), contextlib.redirect_stderr(io.StringIO()):\n"
+              "        m.main(['--no-such-flag'])\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", compile_cache.ENV)}
+    proc = subprocess.run([sys.executable, "-c", script], env={**base, "XDG_CACHE_HOME": str(tmp_path)},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "anchoredit_jax").exists()
