@@ -13,7 +13,8 @@ import numpy as np
 
 class StoredParams:
     """Mixin for a flax module: flax's `param` at init, the stored value (shape checked) when applied.
-    Measured: a gradient of the tiny test DiT traced in 0.34 s instead of 0.68 s (2-core CPU)."""
+    Measured (cProfile, 2-core CPU, 2026-12-06): tracing the DMD step of configs/dmd_shapes.py:test,
+    53 s -> 28 s; a forward of the tiny test DiT, 31% of its tracing time was flax's eval_shape."""
 
     def param(self, name, init_fn, *init_args, unbox=True, **init_kwargs):
         if self.is_initializing() or not self.has_variable("params", name):
