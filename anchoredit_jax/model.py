@@ -101,16 +101,16 @@ class DiTConfig:
 def _dense(features, axes, name, dtype, kernel_init=nn.initializers.xavier_uniform()):
     """Linear layer whose kernel [in, out] and bias carry logical axis names (for sharding rules)."""
     return Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
+                 kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]))
 
 
 def _layer_norm(eps, affine=False, name=None):
     # fp32 island; exact variance, as torch's LayerNorm.
     return LayerNorm(epsilon=eps, use_bias=affine, use_scale=affine, dtype=jnp.float32,
-                        param_dtype=jnp.float32, use_fast_variance=False, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
+                     param_dtype=jnp.float32, use_fast_variance=False, name=name,
+                     scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)))
 
 
 # 1. Embeddings -----------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def _conv(features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1,
     if padding is None:
         padding = ((kernel // 2, kernel // 2),) * 2
     return layers.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding,
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+                       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class RMSNorm(layers.StoredParams, nn.Module):
