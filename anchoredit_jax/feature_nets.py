@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from anchoredit_jax import layers
+
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _ACTS = {"quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -73,7 +75,7 @@ def _tower(kind: str, d: Mapping, projection_dim: int = 0) -> TowerConfig:
 
 
 # ----------------------------------------------------------------------------- model
-class Block(nn.Module):
+class Block(layers.StoredParams, nn.Module):
     """Pre-LN transformer block: x += Attn(LN(x)); x += MLP(LN(x)) (CLIP and ViT alike)."""
 
     c: TowerConfig
@@ -82,15 +84,15 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
         """x: [n, L, D] -> [n, L, D]."""
         n, L, D = x.shape
-        h = nn.LayerNorm(epsilon=self.c.layer_norm_eps, name="ln1")(x)
-        q, k, v = (nn.Dense(D, name=nm)(h).reshape(n, L, self.c.num_heads, -1) for nm in ("q", "k", "v"))
+        h = layers.LayerNorm(epsilon=self.c.layer_norm_eps, name="ln1")(x)
+        q, k, v = (layers.Dense(D, name=nm)(h).reshape(n, L, self.c.num_heads, -1) for nm in ("q", "k", "v"))
         a = jax.nn.dot_product_attention(q, k, v, is_causal=causal).reshape(n, L, D)
-        x = x + nn.Dense(D, name="out")(a)
-        h = nn.LayerNorm(epsilon=self.c.layer_norm_eps, name="ln2")(x)
-        return x + nn.Dense(D, name="fc2")(_ACTS[self.c.act](nn.Dense(self.c.intermediate_size, name="fc1")(h)))
+        x = x + layers.Dense(D, name="out")(a)
+        h = layers.LayerNorm(epsilon=self.c.layer_norm_eps, name="ln2")(x)
+        return x + layers.Dense(D, name="fc2")(_ACTS[self.c.act](layers.Dense(self.c.intermediate_size, name="fc1")(h)))
 
 
-class VisionTower(nn.Module):
+class VisionTower(layers.StoredParams, nn.Module):
     """CLIP vision tower (-> projected CLS, [n, projection_dim]) or ViT/DINO (-> final-norm CLS, [n, D])."""
 
     c: TowerConfig
@@ -101,22 +103,22 @@ class VisionTower(nn.Module):
         c, clip = self.c, self.c.kind == "clip_vision"
         chex.assert_shape(pixels, (None, c.image_size, c.image_size, 3))
         p = c.patch_size
-        x = nn.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=not clip, name="patch")(pixels)
+        x = layers.Conv(c.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=not clip, name="patch")(pixels)
         n, g = x.shape[0], x.shape[1]
         cls = self.param("cls", nn.initializers.normal(0.02), (c.hidden_size,))
         pos = self.param("pos", nn.initializers.normal(0.02), (g * g + 1, c.hidden_size))
         x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, c.hidden_size)), x.reshape(n, g * g, -1)], axis=1) + pos
         if clip:
-            x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="pre_ln")(x)
+            x = layers.LayerNorm(epsilon=c.layer_norm_eps, name="pre_ln")(x)
         for i in range(c.num_layers):
             x = Block(c, name=f"block_{i}")(x)
         if not clip:
-            return nn.LayerNorm(epsilon=c.layer_norm_eps, name="final_ln")(x)[:, 0]
-        cls_out = nn.LayerNorm(epsilon=c.layer_norm_eps, name="post_ln")(x[:, 0])
-        return nn.Dense(c.projection_dim, use_bias=False, name="proj")(cls_out)
+            return layers.LayerNorm(epsilon=c.layer_norm_eps, name="final_ln")(x)[:, 0]
+        cls_out = layers.LayerNorm(epsilon=c.layer_norm_eps, name="post_ln")(x[:, 0])
+        return layers.Dense(c.projection_dim, use_bias=False, name="proj")(cls_out)
 
 
-class TextTower(nn.Module):
+class TextTower(layers.StoredParams, nn.Module):
     """CLIP text tower: ids [n, L] int32 -> projected EOS state [n, projection_dim] (causal attention,
     so padding after EOS cannot change it)."""
 
@@ -126,15 +128,15 @@ class TextTower(nn.Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         c = self.c
         n, L = ids.shape
-        x = nn.Embed(c.vocab_size, c.hidden_size, name="tokens")(ids)
+        x = layers.Embed(c.vocab_size, c.hidden_size, name="tokens")(ids)
         x = x + self.param("pos", nn.initializers.normal(0.02), (c.max_positions, c.hidden_size))[:L]
         for i in range(c.num_layers):
             x = Block(c, name=f"block_{i}")(x, causal=True)
-        x = nn.LayerNorm(epsilon=c.layer_norm_eps, name="final_ln")(x)
+        x = layers.LayerNorm(epsilon=c.layer_norm_eps, name="final_ln")(x)
         # transformers: old configs (eos_token_id 2) pool at the largest id, which is EOS in CLIP's
         # vocabulary; newer ones at the first EOS.
         eos = jnp.argmax(ids, -1) if c.eos_token_id == 2 else jnp.argmax(ids == c.eos_token_id, -1)
-        return nn.Dense(c.projection_dim, use_bias=False, name="proj")(x[jnp.arange(n), eos])
+        return layers.Dense(c.projection_dim, use_bias=False, name="proj")(x[jnp.arange(n), eos])
 
 
 # ----------------------------------------------------------------------------- weights

@@ -154,7 +154,7 @@ def test_mismatched_checkpoint_names_tensor(tmp_path):
 
 
 def test_applying_weights_of_another_shape_names_the_parameter():
-    """model.StoredParams reads stored weights without flax's per-trace eval_shape, but still checks
+    """layers.StoredParams reads stored weights without flax's per-trace eval_shape, but still checks
     their shapes: params of a wider FFN given to a narrower model name the parameter and both shapes."""
     small = DiTConfig(num_layers=2, num_heads=2, head_dim=12, ffn_dim=40, in_channels=4, out_channels=4,
                       text_dim=20, freq_dim=32)
