@@ -5,6 +5,7 @@ presented: as earlier frames of a block-causal sequence, as the clean half of a 
 pass, or as a key/value memory filled from those clean frames (in one pass or frame by frame).
 """
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,9 @@ def _setup(seed=0, **kw):
     return WanDiT(cfg), params, data
 
 
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("mode", "return_kv"))
 def _run(model, params, *args, **kw):
+    """One program per mode and shape: op by op, XLA compiles every primitive of the model on its own."""
     return model.apply({"params": params}, *args, **kw)
 
 

@@ -29,11 +29,14 @@ def _config(**overrides):
 def _tiny_model():
     cfg = DiTConfig(num_layers=2, num_heads=2, head_dim=8, ffn_dim=32, in_channels=4, out_channels=4, text_dim=8,
                     freq_dim=16, rope_max_seq_len=64)
-    params = init_params(cfg, jax.random.PRNGKey(0), latent_hw=(4, 4), text_len=3)
+    return WanDiT(cfg), _perturbed(init_params(cfg, jax.random.PRNGKey(0), latent_hw=(4, 4), text_len=3))
+
+
+@jax.jit  # op by op, each leaf's shape is a new little XLA program to compile
+def _perturbed(params):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-    return WanDiT(cfg), params
+    return jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def _state(workdir, step):
@@ -55,8 +58,13 @@ def test_boundary_condition_and_grid():
     rng = jax.random.PRNGKey(3)
     x = jax.random.normal(rng, (b, 4, 4, 4))
     text, mask = jax.random.normal(rng, (b, 3, 8)), jnp.ones((b, 3), bool)
-    mem = editor.start(model, params, x, text, mask, window=2)
-    v0 = editor.guided_velocity_fn(model, params, mem, text, mask, text, mask, 1.0)(x, jnp.zeros(b))  # per-example t
+
+    @jax.jit  # one program: op by op, XLA compiles each primitive of the model on its own
+    def velocity_at_zero(params, x):
+        mem = editor.start(model, params, x, text, mask, window=2)
+        return editor.guided_velocity_fn(model, params, mem, text, mask, text, mask, 1.0)(x, jnp.zeros(b))  # per-example t
+
+    v0 = velocity_at_zero(params, x)
     assert float(jnp.abs(v0).max()) > 1e-2  # the model is not trivially zero ...
     np.testing.assert_array_equal(flow.predict_x0(x, v0, jnp.zeros(b)), x)  # ... yet f(x, 0) = x exactly
     np.testing.assert_array_equal(sampler.consistency_fn(lambda x, t: v0, x, 0.0), x)
@@ -89,13 +97,14 @@ def test_edit_turn_with_consistency_sampler_is_deterministic_and_uses_memory():
     text, mask = jax.random.normal(jax.random.PRNGKey(4), (b, 3, 8)), jnp.ones((b, 3), bool)
     null_t, null_m = jnp.zeros((b, 3, 8)), jnp.zeros((b, 3), bool).at[:, 0].set(True)
     settings = editor.SamplerSettings(num_steps=4, method="consistency", guidance=1.0)
-    mem = editor.start(model, params, src, null_t, null_m, window=2)
+    start = jax.jit(lambda p, s: editor.start(model, p, s, null_t, null_m, window=2))
+    mem = start(params, src)
     turn = jax.jit(lambda p, m, r: editor.edit_turn(model, settings, p, m, text, mask, null_t, null_m, r))
     a, mem_a = turn(params, mem, jax.random.PRNGKey(9))
     a2, _ = turn(params, mem, jax.random.PRNGKey(9))
     np.testing.assert_array_equal(a, a2)
     assert int(mem_a.count) == 2
-    other = editor.start(model, params, src + 1.0, null_t, null_m, window=2)
+    other = start(params, src + 1.0)
     c, _ = turn(params, other, jax.random.PRNGKey(9))
     assert float(jnp.abs(a - c).max()) > 1e-4  # the anchor conditions the consistency sample
     assert mem_lib.query_position(mem_a).tolist() == [2]

@@ -181,9 +181,13 @@ def test_attention_maps_and_scale_in_the_model(tiny):
                     xattn_scale=jnp.ones((B, 1, n)))
 
 
+@functools.cache  # one jitted turn per settings: each new jit traces the turn again
+def _turn_fn(model, settings):
+    return jax.jit(functools.partial(mcie.edit_turn, model, settings))
+
+
 def _turn(model, settings, params, state, text, mask, null_text, null_mask, seed=0):
-    fn = jax.jit(functools.partial(mcie.edit_turn, model, settings))
-    return fn(params, state, text, mask, null_text, null_mask, jax.random.key(seed))
+    return _turn_fn(model, settings)(params, state, text, mask, null_text, null_mask, jax.random.key(seed))
 
 
 def test_no_edit_turn_reconstructs_on_the_model(tiny):
@@ -226,9 +230,8 @@ def test_edit_sequence_is_the_turns_and_highlight_identity(tiny):
     rng = jax.random.key(5)
     latents, final = jax.jit(functools.partial(mcie.edit_sequence, model, s))(
         params, state, texts, masks, null_text, null_mask, rng)
-    st = state
+    st, fn = state, _turn_fn(model, s)
     for k in range(2):
-        fn = jax.jit(functools.partial(mcie.edit_turn, model, s))
         lat, st = fn(params, st, texts[k], masks[k], null_text, null_mask, jax.random.fold_in(rng, k))
         np.testing.assert_allclose(latents[k], lat, atol=1e-5)
     assert latents.shape == (2, B, H, W, C) and bool(jnp.isfinite(latents).all())

@@ -36,17 +36,22 @@ def test_memory_equals_block_causal_recomputation_within_window(setup):
     k_hist = 3
     frames = jnp.asarray(rng.standard_normal((B, k_hist + 1, H, W, C)), jnp.float32)  # source + 3 accepted
     texts, masks = _texts(rng, k_hist + 1)  # turn 1..3 instructions and the query's
-    mem = editor.start(model, params, frames[:, 0], null_text, null_mask, window=4)
-    for k in range(1, k_hist + 1):
-        mem = mem_lib.update(model, params, mem, frames[:, k], texts[k - 1], masks[k - 1])
     x, t = jnp.asarray(rng.standard_normal((B, H, W, C)), jnp.float32), 0.6
-    v_mem, _ = editor.velocity_fn(model, params, mem, texts[k_hist], masks[k_hist], null_text, null_mask)(x, t)
-    seq = jnp.concatenate([frames, x[:, None]], axis=1)
-    all_texts = jnp.concatenate([null_text[None], texts]).transpose(1, 0, 2, 3)
-    all_masks = jnp.concatenate([null_mask[None], masks]).transpose(1, 0, 2)
-    times = jnp.concatenate([jnp.zeros((B, k_hist + 1)), jnp.full((B, 1), t)], axis=1)
-    pos = jnp.broadcast_to(jnp.arange(k_hist + 2), (B, k_hist + 2))
-    v_full = model.apply({"params": params}, seq, times, all_texts, all_masks, pos, mode="block_causal")[:, -1]
+
+    @jax.jit  # one program: op by op, XLA compiles each primitive of the model on its own
+    def both(params, frames, texts, masks, x):
+        mem = editor.start(model, params, frames[:, 0], null_text, null_mask, window=4)
+        for k in range(1, k_hist + 1):
+            mem = mem_lib.update(model, params, mem, frames[:, k], texts[k - 1], masks[k - 1])
+        v_mem, _ = editor.velocity_fn(model, params, mem, texts[k_hist], masks[k_hist], null_text, null_mask)(x, t)
+        seq = jnp.concatenate([frames, x[:, None]], axis=1)
+        all_texts = jnp.concatenate([null_text[None], texts]).transpose(1, 0, 2, 3)
+        all_masks = jnp.concatenate([null_mask[None], masks]).transpose(1, 0, 2)
+        times = jnp.concatenate([jnp.zeros((B, k_hist + 1)), jnp.full((B, 1), t)], axis=1)
+        pos = jnp.broadcast_to(jnp.arange(k_hist + 2), (B, k_hist + 2))
+        return v_mem, model.apply({"params": params}, seq, times, all_texts, all_masks, pos, mode="block_causal")[:, -1]
+
+    v_mem, v_full = both(params, frames, texts, masks, x)
     err = float(jnp.abs(v_mem - v_full).max())
     print(f"memory vs block-causal recomputation: max abs diff {err:.1e}")
     assert err <= 2e-5 and float(jnp.abs(v_full).max()) > 0.1

@@ -3,6 +3,7 @@
 Random tiny configs, random weights (every tensor perturbed so no bias or norm is trivially 0/1),
 weights passed through safetensors folders so the file path is exercised in both directions.
 """
+import functools
 import json
 import os
 
@@ -60,9 +61,13 @@ def _torch_velocity(model, x, t_per_turn, text, n_tokens):
 def _jax_velocity(model, params, x, t, text):
     b, k = t.shape
     text_k = np.repeat(text[:, None], k, axis=1)  # every turn reads the same instruction here
-    return np.asarray(model.apply({"params": params}, jnp.asarray(x), jnp.asarray(t), jnp.asarray(text_k),
-                                  jnp.ones(text_k.shape[:3], bool), jnp.tile(jnp.arange(k)[None], (b, 1)),
-                                  mode="bidirectional"))
+    return np.asarray(_bidirectional(model, params, jnp.asarray(x), jnp.asarray(t), jnp.asarray(text_k),
+                                     jnp.ones(text_k.shape[:3], bool), jnp.tile(jnp.arange(k)[None], (b, 1))))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # one program: op by op, XLA compiles every primitive on its own
+def _bidirectional(model, params, *args):
+    return model.apply({"params": params}, *args, mode="bidirectional")
 
 
 @pytest.mark.parametrize("ci", range(len(CONFIGS)))
@@ -162,9 +167,9 @@ def test_applying_weights_of_another_shape_names_the_parameter():
     params = jax.tree.map(np.asarray, nn.unbox(init_params(wide, jax.random.PRNGKey(0))))
     x, t = jnp.zeros((1, 1, 4, 4, 4)), jnp.zeros((1, 1))
     args = (x, t, jnp.zeros((1, 1, 3, 20)), jnp.ones((1, 1, 3), bool), jnp.zeros((1, 1), jnp.int32))
-    assert WanDiT(wide).apply({"params": params}, *args, mode="bidirectional").shape == x.shape
+    assert _bidirectional(WanDiT(wide), params, *args).shape == x.shape
     with pytest.raises(flax.errors.ScopeParamShapeError, match=r'"kernel" in "/scan\(blocks\)/ffn_in".*\(24, 40\).*\(24, 44\)'):
-        WanDiT(small).apply({"params": params}, *args, mode="bidirectional")
+        _bidirectional(WanDiT(small), params, *args)
 
 
 def test_unsupported_variant_refused():
