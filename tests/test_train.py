@@ -180,6 +180,17 @@ def test_entry_points_import_together():
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_metric_writer_does_not_import_torch(tmp_path):
+    """tensorboardX imports torch whenever it is installed (1.5-2 s of a training start); the writer keeps
+    it out, and torch still imports afterwards."""
+    code = ("import sys; from anchoredit_jax import metrics; w = metrics.MetricWriter(sys.argv[1]); "
+            "w.write(1, {'loss': 0.5}); w.close(); assert 'torch' not in sys.modules, 'torch imported'; "
+            "import torch; print(torch.ones(1).sum().item())")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.split() == ["1.0"], r.stderr[-2000:]
+    assert os.listdir(tmp_path / "tensorboard")  # the event file is written all the same
+
+
 def test_ema_warmup():
     from anchoredit_jax.optim import ema_update
     ema, p = {"w": np.zeros(3, np.float32)}, {"w": np.ones(3, np.float32)}
