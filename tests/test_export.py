@@ -4,6 +4,7 @@ A training workdir with random (perturbed) weights and a random VAE is exported;
 every part; import brings it back bit for bit, and the imported folders start a training run
 (init_from + vae.workdir). The served bundle (PyTorch VAE, text encoder, DiT) edits like JAX.
 """
+import functools
 import json
 import os
 import subprocess
@@ -190,13 +191,15 @@ def test_served_bundle_edits_like_jax(run):
     errs["text"] = max(float(np.abs(np.asarray(j[0]) - t[0].numpy()).max()) for j, t in zip(jtext, ttext))
     model = WanDiT(run["mcfg"])
     jn, tn = enc.null_text((1,)), served.text.null(1)
-    jmem = editor.start(model, params, jz, *jn, window=served.window)
+    # jitted as the editor runs them (op by op, XLA compiles every primitive on its own)
+    jmem = jax.jit(lambda p, z: editor.start(model, p, z, *jn, window=served.window))(params, jz)
+    jturn = jax.jit(functools.partial(editor.edit_turn, model, served.settings))
     tmem = ts.start(served.dit, tz, *tn, window=served.window)  # the PyTorch chain: its own encodings
     smem = ts.start(served.dit, _chw(jz), *tn, window=served.window)  # the PyTorch DiT on the JAX encodings
     for k, ((je, jm), (te_, tm)) in enumerate(zip(jtext, ttext)):
         r = jax.random.fold_in(jax.random.key(0), k)
         noise = _chw(jax.random.normal(r, (1,) + jmem.latent_shape))
-        jl, jmem = editor.edit_turn(model, served.settings, params, jmem, je, jm, *jn, r)
+        jl, jmem = jturn(params, jmem, je, jm, *jn, r)
         tl, tmem = ts.edit_turn(served.dit, served.settings, tmem, te_, tm, *tn, noise)
         sl, smem = ts.edit_turn(served.dit, served.settings, smem, _t(je), _t(jm), *tn, noise)
         errs[f"turn {k + 1}"] = float(np.abs(np.asarray(jl) - _hwc(sl)).max())
