@@ -59,38 +59,44 @@ def test_rollout_run_to_the_end_is_the_consistency_sampler():
 
 
 @functools.cache
-def _jitted_loss(real_guidance):
-    """value_and_grad of the generator's loss on a tiny model, traced once per guidance (the weights are arguments)."""
+def _jitted_loss():
+    """value_and_grad of the generator's loss on a tiny model with the real score guided at 3, traced
+    once (weights and instructions are arguments)."""
     model, _ = _tiny_model()
     b, k, rng = 2, 2, jax.random.PRNGKey(5)
     frames = jax.random.normal(jax.random.PRNGKey(6), (b, k + 1, 4, 4, 4))
-    texts, masks = jax.random.normal(jax.random.PRNGKey(7), (b, k, 3, 8)), jnp.ones((b, k, 3), bool)
+    masks = jnp.ones((b, k, 3), bool)
     null_t, null_m = jnp.zeros((3, 8)), jnp.zeros((3,), bool).at[0].set(True)
     c = _config().dmd.copy_and_resolve_references()
-    c.real_guidance = real_guidance
-    f = lambda p, fk, teacher: dmd.loss_fn(p, fk, model, rng, teacher=teacher, frames=frames, texts=texts,  # noqa: E731
-                                           text_masks=masks, null_text=null_t, null_mask=null_m,
-                                           turn_valid=jnp.ones((b, k)), cfg=c, train_generator=True)
-    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+    c.real_guidance = 3.0
+    f = lambda p, fk, teacher, texts, masks: dmd.loss_fn(  # noqa: E731
+        p, fk, model, rng, teacher=teacher, frames=frames, texts=texts, text_masks=masks, null_text=null_t,
+        null_mask=null_m, turn_valid=jnp.ones((b, k)), cfg=c, train_generator=True)
+    instructions = jax.random.normal(jax.random.PRNGKey(7), (b, k, 3, 8)), masks
+    null = jnp.broadcast_to(null_t, (b, k, 3, 8)), jnp.broadcast_to(null_m, (b, k, 3))
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True)), instructions, null
 
 
-def _loss(fake_scale=1.0, real_guidance=1.0):
+def _loss(fake_scale=1.0, null_instructions=False):
     _, gen = _tiny_model()
     teacher = jax.tree.map(lambda x: 1.05 * x, gen)
     fake = jax.tree.map(lambda x: fake_scale * x, teacher)
-    (_, aux), (g_gen, g_fake) = _jitted_loss(real_guidance)(gen, fake, teacher)
+    fn, instructions, null = _jitted_loss()
+    (_, aux), (g_gen, g_fake) = fn(gen, fake, teacher, *(null if null_instructions else instructions))
     norm = lambda t: float(jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(t))))  # noqa: E731
     return aux, norm(g_gen), norm(g_fake)
 
 
 def test_dmd_gradient_vanishes_when_the_scores_agree():
-    """Fake score = teacher and no guidance: real and fake x0 agree exactly, so the generator gets
-    no gradient; guidance or a different fake score gives it one. The fake score always learns."""
-    agree, g_agree, g_fake = _loss(real_guidance=1.0)
+    """Fake score = teacher and the null instruction (so the real score's guidance, v_u + 3 (v_c - v_u)
+    with v_c = v_u, changes nothing): real and fake x0 agree, so the generator gets no gradient; an
+    instruction (guidance then acts) or a different fake score gives it one. The fake score always learns."""
+    agree, g_agree, g_fake = _loss(null_instructions=True)
     assert g_fake > 0.0
-    for kw in (dict(real_guidance=3.0), dict(real_guidance=1.0, fake_scale=0.95)):
+    for kw in (dict(), dict(fake_scale=0.95, null_instructions=True)):
         aux, g_gen, _ = _loss(**kw)
-        # (zero up to float rounding: XLA fuses the two networks' identical passes differently)
+        # (zero up to float rounding: XLA computes the teacher's batched guided pass and the fake score's
+        # single one apart)
         assert float(agree["gen_loss"]) < 1e-9 * float(aux["gen_loss"]) and g_agree < 1e-5 * g_gen, kw
 
 
