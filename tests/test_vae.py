@@ -2,6 +2,7 @@
 
 Run: nice python -m pytest -q -s tests/test_vae.py   (-s shows the parity figures)
 """
+import functools
 import importlib.util
 import json
 import os
@@ -68,8 +69,9 @@ def test_parity_with_diffusers(tmp_path, name, kw, h, w):
         dec_t = m.decode(torch.from_numpy(zl.transpose(0, 3, 1, 2)[:, :, None])).sample
         dec_t = dec_t[:, :, 0].numpy().transpose(0, 2, 3, 1)
 
-    mean, logvar = model.apply(params, jnp.asarray(x), method=vae.WanVAE.encode)
-    dec = model.apply(params, jnp.asarray(zl), method=vae.WanVAE.decode)
+    # jitted as the encoders run them (op by op, XLA compiles every primitive on its own)
+    mean, logvar = jax.jit(functools.partial(model.apply, method=vae.WanVAE.encode))(params, jnp.asarray(x))
+    dec = jax.jit(functools.partial(model.apply, method=vae.WanVAE.decode))(params, jnp.asarray(zl))
     assert mean.shape == (2, h // config.spatial_compression, w // config.spatial_compression, 4)
     assert dec.shape == (2, h, w, 3)
     d_mean = float(np.abs(np.asarray(mean) - mean_t).max())
