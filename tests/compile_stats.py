@@ -29,7 +29,7 @@ jax.monitoring.register_event_duration_secs_listener(_listen)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):  # noqa: ARG001
+def pytest_runtest_protocol(item, nextitem):
     _current["test"] = item.nodeid
     yield
 
@@ -40,4 +40,3 @@ def pytest_terminal_summary(terminalreporter):
     for test, (secs, n) in sorted(_stats.items(), key=lambda kv: -kv[1][0]):
         tr.write_line(f"{secs:7.1f} s {n:5d}  {test}")
     tr.write_line(f"{sum(s for s, _ in _stats.values()):7.1f} s {sum(n for _, n in _stats.values()):5d}  in all")
-
