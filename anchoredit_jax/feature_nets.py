@@ -261,8 +261,13 @@ class ImageEmbedder:
         return _normalise(VisionTower(self.tower).apply(variables, x))
 
     def image(self, images: jax.Array) -> jax.Array:
-        """`apply` with this embedder's own weights."""
-        return self.apply(self.variables, images)
+        """`apply` with this embedder's own weights, jitted (op by op, every primitive of the tower
+        would be compiled on its own)."""
+        return self._jitted_apply(self.variables, images)
+
+    @functools.cached_property
+    def _jitted_apply(self):
+        return jax.jit(self.apply)
 
 
 @dataclasses.dataclass

@@ -135,7 +135,7 @@ def test_consistency_sampler_with_given_step_noise(models):
     rng = np.random.default_rng(3)
     source = rng.standard_normal((B, H, W, cfg.in_channels)).astype(np.float32)
     texts, masks, (null_t, null_m) = _texts(rng, 1)
-    jmem = editor.start(model, params, source, null_t, null_m, window=2)
+    jmem = jax.jit(lambda p, s: editor.start(model, p, s, null_t, null_m, window=2))(params, source)  # not op by op
     tmem = ts.start(dit, _t(source).permute(0, 3, 1, 2), _t(null_t), _t(null_m), window=2)
     r = jax.random.key(1)
     jlat, _ = jax.jit(lambda *a: editor.edit_turn(model, settings, *a))(params, jmem, texts[0], masks[0], null_t,
