@@ -257,17 +257,16 @@ class ImageEmbedder:
     def apply(self, variables: dict, images: jax.Array) -> jax.Array:
         """[n, H, W, 3] in [-1, 1] -> L2-normalised embeddings [n, D], with the weights given (under a
         jit, pass them as an argument so that they are not baked into the program as constants)."""
-        x = _preprocess(images, self.tower.image_size, self.mean, self.std)
-        return _normalise(VisionTower(self.tower).apply(variables, x))
+        return _encode_images(self.tower, self.mean, self.std, variables, images)
 
     def image(self, images: jax.Array) -> jax.Array:
-        """`apply` with this embedder's own weights, jitted (op by op, every primitive of the tower
-        would be compiled on its own)."""
-        return self._jitted_apply(self.variables, images)
+        """`apply` with this embedder's own weights."""
+        return self.apply(self.variables, images)
 
-    @functools.cached_property
-    def _jitted_apply(self):
-        return jax.jit(self.apply)
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))  # op by op, every primitive of the tower is a program
+def _encode_images(c: TowerConfig, mean: tuple, std: tuple, variables: dict, images: jax.Array) -> jax.Array:
+    return _normalise(VisionTower(c).apply(variables, _preprocess(images, c.image_size, mean, std)))
 
 
 @dataclasses.dataclass

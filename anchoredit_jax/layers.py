@@ -2,9 +2,9 @@
 
 flax's `Module.param`, when the parameter exists, re-runs its initialiser under jax.eval_shape to
 check the shape: once per parameter per trace. Every jitted step, sampler turn and evaluation
-traces the DiT, the VAE, the text encoder (and, in evaluation, CLIP/DINO) again, so that check was a third of the DiT's tracing
-time. These subclasses keep flax's path at init and otherwise read the parameter as stored,
-checking its shape against the one the layer asks for (the same error flax raises).
+traces the DiT, the VAE, the text encoder (and, in evaluation, CLIP/DINO) again, so that check was
+a third of the DiT's tracing time. These subclasses keep flax's path at init and otherwise read the
+parameter as stored, checking its shape against the one the layer asks for (the same error flax raises).
 """
 import flax
 import flax.linen as nn

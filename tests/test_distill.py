@@ -62,7 +62,8 @@ def test_boundary_condition_and_grid():
     @jax.jit  # one program: op by op, XLA compiles each primitive of the model on its own
     def velocity_at_zero(params, x):
         mem = editor.start(model, params, x, text, mask, window=2)
-        return editor.guided_velocity_fn(model, params, mem, text, mask, text, mask, 1.0)(x, jnp.zeros(b))  # per-example t
+        v = editor.guided_velocity_fn(model, params, mem, text, mask, text, mask, 1.0)
+        return v(x, jnp.zeros(b))  # per-example t
 
     v0 = velocity_at_zero(params, x)
     assert float(jnp.abs(v0).max()) > 1e-2  # the model is not trivially zero ...
