@@ -7,10 +7,13 @@
 # (half stage 1, half stage 2), ${OUT}_s3 (150 steps of consistency distillation from the blend),
 # ${OUT}_release (bfloat16, as shipped), ${OUT}_pairs.txt (benchmarks/edit_by_type.py) and ${OUT}_eval
 # (30 held-out turns, anchor and naive). Nothing that exists is overwritten: a finished step is
-# skipped (train and distill resume a workdir they left unfinished).
+# skipped (train and distill resume a workdir they left unfinished). UNTIL=blend stops after the
+# blend (stage 2 and the blend alone, for evaluating the lineage stage by stage).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
+UNTIL=${UNTIL:-all}
+case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2; exit 2 ;; esac
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
@@ -30,6 +33,7 @@ python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir "${OU
   --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 | tail -1
 say "blend -> ${OUT}_blend"
 [ -e "${OUT}_blend" ] || python benchmarks/blend_weights.py --a "$S1" --b "${OUT}_s2" --alpha 0.5 --out "${OUT}_blend"
+if [ "$UNTIL" = blend ]; then say done; exit 0; fi
 say "stage 3 -> ${OUT}_s3"
 python -m anchoredit_jax.distill --config configs/stage3_shapes.py --workdir "${OUT}_s3" --config.seed=2 \
   "${MODEL[@]}" "${DATA[@]}" --config.distill.teacher="${OUT}_blend" --config.num_steps=150 | tail -1

@@ -98,6 +98,13 @@ def test_cpu_stages_names_a_missing_input_and_runs_nothing(tmp_path, given, miss
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cpu_stages_refuses_an_unknown_until_and_runs_nothing(tmp_path):
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1="runs/x", OUT="runs/y", UNTIL="stage3"))
+    assert res.returncode == 2 and "UNTIL: 'all' or 'blend', not 'stage3'" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------- TPU
 
 
