@@ -47,7 +47,7 @@ class Stage1Validation:
     """
 
     def __init__(self, config, enc, tokenize, model):
-        self.config, self.enc, self.model = config, enc, model
+        self.config, self.enc, self.model, self.tokenize = config, enc, model, tokenize
         v, res = config.val, config.data.resolution
         n_preview, n, chunk, self.metric = val_settings(v)
         seqs = [generate_sequence(v.seed_offset + i, 1, res, split=v.split) for i in range(n)]
@@ -78,9 +78,11 @@ class Stage1Validation:
     def _loss_impl(self, params, frozen, b, rng):
         src, tgt, text, text_mask, lmask = self._prepare(frozen, b)
         null_text, null_mask = self.enc.null_text()
+        noop_text, noop_mask = stage1.noop_instructions(self.enc, frozen, self.tokenize)
         per_pair, _ = stage1.per_example_loss(params, self.model, rng, source=src, target=tgt, text=text,
                                               text_mask=text_mask, null_text=null_text, null_mask=null_mask,
-                                              edit_mask=lmask, has_mask=b["has_mask"], cfg=self.config.stage1)
+                                              noop_text=noop_text, noop_mask=noop_mask, edit_mask=lmask,
+                                              has_mask=b["has_mask"], cfg=self.config.stage1)
         return per_pair
 
     def _sample_impl(self, params, frozen, b, rng):

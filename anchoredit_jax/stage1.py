@@ -4,9 +4,11 @@ The pair runs block-causally: frame 0 is the clean source at t=0 reading the nul
 (the source has none, as in the memory at inference), frame 1 the noisy target reading its
 instruction; frame 1 sees the source and itself, which is the teacher-forcing pattern for one turn
 (tests/test_train.py checks it equals mode="teacher_forcing"). The loss is the rectified-flow
-velocity error on frame 1 only. A share of pairs become no-op edits (target = source), a share of
-instructions are dropped to the null embedding (for classifier-free guidance), and where the data
-has an edit mask the error outside it is up-weighted (keep what the instruction did not touch).
+velocity error on frame 1 only. A share of pairs become no-op edits (target = source, reading a
+no-op instruction such as "leave it alone" in place of their own: an identity pair that kept the
+edit's instruction would teach the model to ignore instructions), a share of instructions are
+dropped to the null embedding (for classifier-free guidance), and where the data has an edit mask
+the error outside it is up-weighted (keep what the instruction did not touch).
 """
 from __future__ import annotations
 
@@ -15,7 +17,17 @@ import jax
 import jax.numpy as jnp
 
 from anchoredit_jax import flow
+from anchoredit_jax.data.shapes_edit import TEMPLATES
 from anchoredit_jax.model import WanDiT
+
+# What identity pairs read: ShapesEdit's training no-op phrasings (its held-out ones stay held out).
+NOOP_INSTRUCTIONS = tuple(TEMPLATES["noop"][0])
+
+
+def noop_instructions(enc, frozen, tokenize):
+    """NOOP_INSTRUCTIONS embedded -> (text [P, L, D], mask [P, L]); traceable (the ids are constants)."""
+    ids, mask = tokenize(list(NOOP_INSTRUCTIONS))
+    return enc.embed_text(frozen, ids, mask)
 
 
 def loss_fn(params, model: WanDiT, rng, **batch_and_cfg):
@@ -25,23 +37,28 @@ def loss_fn(params, model: WanDiT, rng, **batch_and_cfg):
 
 
 def per_example_loss(params, model: WanDiT, rng, *, source, target, text, text_mask, null_text, null_mask,
-                     edit_mask, has_mask, cfg):
+                     noop_text, noop_mask, edit_mask, has_mask, cfg):
     """Stage-1 loss per example.
 
     Args:
       source, target: normalised latents [B, h, w, C].
       text, text_mask: instruction embeddings [B, L, D], [B, L]; null_text/null_mask: [L, D], [L].
+      noop_text, noop_mask: no-op instructions [P, L, D], [P, L] (`noop_instructions`); each identity
+        pair reads one of them, drawn at random.
       edit_mask: [B, h, w] in {0, 1} on the latent grid; has_mask: [B] (1 where the mask is known).
       cfg: noop_prob, cfg_drop_prob, outside_mask_weight, timestep sampling fields.
     Returns: (loss [B], aux dict of per-batch diagnostics).
     """
     b = source.shape[0]
     chex.assert_equal_shape([source, target])
-    k_noop, k_drop, k_t, k_noise = jax.random.split(rng, 4)
+    k_noop, k_phrase, k_drop, k_t, k_noise = jax.random.split(rng, 5)
     noop = jax.random.uniform(k_noop, (b,)) < cfg.noop_prob
     target = jnp.where(noop[:, None, None, None], source, target)
     edit_mask = jnp.where(noop[:, None, None], 0.0, edit_mask)  # nothing may change
     has_mask = jnp.where(noop, 1.0, has_mask)
+    phrase = jax.random.randint(k_phrase, (b,), 0, noop_text.shape[0])
+    text = jnp.where(noop[:, None, None], jnp.asarray(noop_text)[phrase], text)
+    text_mask = jnp.where(noop[:, None], jnp.asarray(noop_mask)[phrase], text_mask)
 
     drop = jax.random.uniform(k_drop, (b,)) < cfg.cfg_drop_prob
     text = jnp.where(drop[:, None, None], null_text[None], text)

@@ -77,10 +77,12 @@ def stage_loss(config, model, enc, frozen, batch, rng, step):
     """params -> (loss, aux) for this stage's batch (images in, frozen encoders applied here)."""
     null_text, null_mask = enc.null_text()
     if config.stage == "stage1":
+        noop_text, noop_mask = stage1.noop_instructions(enc, frozen, te.make_tokenize_fn(config.text.max_length))
         return functools.partial(
             stage1.loss_fn, model=model, rng=rng, source=enc.encode_images(frozen, batch["source"]),
             target=enc.encode_images(frozen, batch["target"]), text=batch["text"], text_mask=batch["text_mask"],
-            null_text=null_text, null_mask=null_mask, edit_mask=enc.latent_mask(batch["mask"]),
+            null_text=null_text, null_mask=null_mask, noop_text=noop_text, noop_mask=noop_mask,
+            edit_mask=enc.latent_mask(batch["mask"]),
             has_mask=batch["has_mask"], cfg=config.stage1)
     return functools.partial(
         stage2.loss_fn, model=model, rng=rng, frames=enc.encode_images(frozen, batch["frames"]), texts=batch["text"],

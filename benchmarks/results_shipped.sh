@@ -15,9 +15,12 @@ time $E --checkpoint $S1 --checkpoint $S3 --methods anchor_w4,naive --turns 10 -
 time $E --checkpoint $S3 --methods anchor_w4,naive,mcie,mcie_anchor_w4 --turns 10 --num-sequences 16 --out out/shipped_mcie
 time $E --checkpoint $S3 --methods anchor_w4 --steps 1,2,4,8 --turns 30 --num-sequences 16 --out out/shipped_steps
 # Stage by stage (added 2026-12-06): the stage 2 and the blend between stage 1 and the shipped model,
-# remade from the stage-1 weights by README's recipe (steps 2 and 3: about 20 minutes on 2 CPU cores),
-# then every stage of the lineage, and the shipped model with windows 1, 2, 4 and 8.
+# remade from the stage-1 weights by README's recipe (steps 2 and 3: 26 minutes on 2 CPU cores),
+# then every stage of the lineage, the shipped model with windows 1, 2, 4 and 8, and the lineage's
+# round trips and no-op turns.
 [ -d out/lineage_blend ] || UNTIL=blend S1="$S1_DIR" OUT=out/lineage bash launch/cpu_stages23.sh
 time $E --checkpoint $S1 --checkpoint stage2=out/lineage_s2 --checkpoint blend=out/lineage_blend --checkpoint $S3 \
   --methods anchor_w4 --turns 30 --num-sequences 16 --out out/shipped_lineage
 time $E --checkpoint $S3 --methods anchor_w4 --windows 1,2,8 --turns 30 --num-sequences 16 --out out/shipped_windows
+time $E --checkpoint $S1 --checkpoint stage2=out/lineage_s2 --checkpoint blend=out/lineage_blend --checkpoint $S3 \
+  --methods anchor_w4 --turns 10 --num-sequences 16 --protocols roundtrip,noop --out out/shipped_lineage_protocols

@@ -268,3 +268,35 @@ def test_data_echo_must_divide_the_checkpoint_interval(tmp_path):
     with pytest.raises(ValueError, match="echo=2 must .* and config.num_steps=5"):  # would end mid-batch
         train_lib.train(_config(num_steps=5, **{"data.echo": 2, "checkpoint.every": 2}), str(tmp_path / "b"))
     assert not os.path.exists(tmp_path / "b" / "checkpoints") or not os.listdir(tmp_path / "b" / "checkpoints")
+
+
+def test_identity_pairs_read_a_noop_instruction_not_their_own():
+    """A no-op pair (target = source) must not keep the edit's instruction: that would teach the model to
+    ignore instructions. With every pair a no-op, the edit's own text cannot change the loss; without
+    no-ops it does."""
+    import ml_collections
+    from anchoredit_jax import stage1
+    from anchoredit_jax.model import DiTConfig, WanDiT, init_params
+
+    mcfg = DiTConfig(num_layers=1, num_heads=2, head_dim=8, ffn_dim=16, in_channels=4, out_channels=4, text_dim=8,
+                     freq_dim=16, rope_max_seq_len=16)
+    model, params = WanDiT(mcfg), init_params(mcfg, jax.random.PRNGKey(0), latent_hw=(4, 4), text_len=3)
+    # perturbed: some of the initialisation is zero, and text would not reach the output at all
+    params = jax.jit(lambda p: jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(2), x.shape), p))(
+        params)
+    ks = jax.random.split(jax.random.PRNGKey(1), 6)
+    src, tgt = jax.random.normal(ks[0], (4, 4, 4, 4)), jax.random.normal(ks[1], (4, 4, 4, 4))
+    text_a, text_b = jax.random.normal(ks[2], (4, 3, 8)), jax.random.normal(ks[3], (4, 3, 8))
+    noop_text, mask = jax.random.normal(ks[4], (2, 3, 8)), np.ones((4, 3), bool)
+
+    @jax.jit
+    def loss(text, noop_prob):
+        cfg = ml_collections.ConfigDict(dict(noop_prob=noop_prob, cfg_drop_prob=0.0, outside_mask_weight=2.0,
+                                             timestep_sampling="uniform", timestep_shift=1.0))
+        return stage1.per_example_loss(params, model, ks[5], source=src, target=tgt, text=text, text_mask=mask,
+                                       null_text=np.zeros((3, 8)), null_mask=np.arange(3) == 0, noop_text=noop_text,
+                                       noop_mask=np.ones((2, 3), bool), edit_mask=np.zeros((4, 4, 4)),
+                                       has_mask=np.zeros(4), cfg=cfg)[0]
+
+    np.testing.assert_array_equal(loss(text_a, 1.0), loss(text_b, 1.0))
+    assert np.all(np.abs(np.asarray(loss(text_a, 0.0) - loss(text_b, 0.0))) > 1e-6)

@@ -1,0 +1,93 @@
+"""Does a checkpoint leave the image alone whatever the no-op phrasing? One turn per phrasing.
+
+    python benchmarks/noop_phrasings.py --checkpoint weights/shapes_stage3 [--num-images 32]
+
+Every no-op template of ShapesEdit (training and held-out phrasings, as written and with a final
+period), and the null instruction as a control, is given to the same held-out source images for one
+turn, with the source as the only memory (as in benchmarks/edit_by_type.py) and the same noise for
+every phrasing, so differences between rows are the phrasing's. The target of a no-op is the source:
+printed per phrasing are the mean PSNR (dB) against the source with a 95% interval, its paired
+difference from the first phrasing ("keep it as it is"), the worst image, and how many images fall
+more than 6 dB below the VAE's own round trip of the source (the best any model on this VAE can do):
+the subject or the scene lost, not blur.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from anchoredit_jax import checkpointing, editor, eval_metrics, evaluate  # noqa: E402
+from anchoredit_jax.data.images import to_float  # noqa: E402
+from anchoredit_jax.data.shapes_edit import TEMPLATES, generate_pair  # noqa: E402
+
+
+def phrasings() -> list[tuple[str, str]]:
+    """(label, instruction) for every no-op template, as written and with a final period."""
+    train, held = TEMPLATES["noop"]
+    out = []
+    for kind, texts in (("train", train), ("held-out", held)):
+        out += [(f"{kind}: {t}", t) for t in texts] + [(f"{kind}: {t}.", t + ".") for t in texts]
+    return out
+
+
+def _interval(x):
+    return 1.96 * np.std(x, ddof=1) / np.sqrt(len(x))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
+    ap.add_argument("--num-images", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=None, help="default: the run's val.sample_steps")
+    ap.add_argument("--guidance", type=float, default=None, help="default: the run's val.guidance")
+    ap.add_argument("--split", default="heldout_seeds")
+    args = ap.parse_args(argv)
+    checkpointing.quiet_logging()
+
+    ld = evaluate.load_checkpoint(args.checkpoint, args.weights, "")
+    n = args.num_images
+    src = to_float(np.stack([generate_pair(i, 0, ld.resolution, split=args.split, noop_prob=0.0).source
+                             for i in range(n)]))
+    enc, dec = jax.jit(ld.enc.encode_images), jax.jit(ld.enc.decode_latents)
+    zs = enc(ld.frozen, src)
+    nt, nm = ld.enc.null_text((n,))
+    settings = editor.SamplerSettings(
+        num_steps=args.steps or ld.val.get("sample_steps", 20),
+        guidance=args.guidance if args.guidance is not None else ld.val.get("guidance", 3.0),
+        method=ld.val.get("sampler", "euler"), shift=ld.val.get("sample_shift", 1.0))
+
+    @jax.jit
+    def one_turn(params, text, tmask, rng):
+        mem = editor.start(ld.model, params, zs, nt, nm, window=1)
+        latent, _ = editor.edit_turn(ld.model, settings, params, mem, text, tmask, nt, nm, rng)
+        return dec(ld.frozen, latent)
+
+    def psnr(img):
+        return np.asarray(eval_metrics.masked_errors(img, src, np.ones(src.shape[:3], bool))[0])
+
+    ceiling = psnr(dec(ld.frozen, zs))
+    rows = []
+    for label, text in phrasings():
+        tx, tm = evaluate.embed_instructions(ld, [[text]] * n)
+        rows.append((label, psnr(one_turn(ld.params, tx[:, 0], tm[:, 0], jax.random.key(0)))))
+    rows.append(("null instruction (control)", psnr(one_turn(ld.params, nt, nm, jax.random.key(0)))))
+
+    print(f"{args.checkpoint} ({args.weights}): {n} held-out sources, one no-op turn each, "
+          f"{settings.num_steps} {settings.method} steps, guidance {settings.guidance:g}; "
+          f"the VAE's round trip of the source: {ceiling.mean():.2f} dB")
+    print(f"{'phrasing':44s}{'PSNR vs source':>17s}{'- first':>16s}{'worst':>7s}{'lost':>6s}")
+    first = rows[0][1]
+    for label, p in rows:
+        diff = p - first
+        print(f"{label:44s}{p.mean():9.2f} ± {_interval(p):4.2f}{diff.mean():+9.2f} ± {_interval(diff):4.2f}"
+              f"{p.min():7.2f}{int(np.sum(p < ceiling - 6)):6d}")
+
+
+if __name__ == "__main__":
+    main()
