@@ -297,3 +297,19 @@ def test_val_loss_script_gives_the_loss_the_run_logged(tiny_stage1_run, capsys):
     val_loss.main(["--config", os.path.join(wd, "config.json"), "--num-examples", "9", wd])
     out = capsys.readouterr().out
     assert out.startswith("9 held-out pairs") and float(re.findall(r"val_loss ([0-9.]+)", out)[0]) != float(got[wd])
+
+
+def test_noop_phrasings_script_scores_every_phrasing_on_the_same_images(tiny_stage1_run, capsys):
+    """benchmarks/noop_phrasings.py: a row per no-op phrasing (as written and with a period) and the null
+    control, each paired against the first on the same images and noise."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import noop_phrasings
+    from anchoredit_jax.data.shapes_edit import TEMPLATES
+
+    noop_phrasings.main(["--checkpoint", tiny_stage1_run, "--num-images", "3", "--steps", "2"])
+    rows = re.findall(r"^(.+?)\s+([0-9.]+) ± ([0-9.]+)\s+([-+][0-9.]+) ± ([0-9.]+)\s+([0-9.]+)\s+(\d+)$",
+                      capsys.readouterr().out, re.M)
+    assert len(rows) == 2 * sum(len(t) for t in TEMPLATES["noop"]) + 1 and rows[-1][0] == "null instruction (control)"
+    assert rows[0][3:5] == ("+0.00", "0.00")  # the first against itself
+    assert all(0 <= int(r[6]) <= 3 for r in rows)  # images lost, of 3
