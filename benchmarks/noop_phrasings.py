@@ -20,10 +20,12 @@ import sys
 import jax
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from anchoredit_jax import checkpointing, editor, eval_metrics, evaluate  # noqa: E402
 from anchoredit_jax.data.images import to_float  # noqa: E402
 from anchoredit_jax.data.shapes_edit import TEMPLATES, generate_pair  # noqa: E402
+from readme_tables import paired_interval  # noqa: E402
 
 
 def phrasings() -> list[tuple[str, str]]:
@@ -33,10 +35,6 @@ def phrasings() -> list[tuple[str, str]]:
     for kind, texts in (("train", train), ("held-out", held)):
         out += [(f"{kind}: {t}", t) for t in texts] + [(f"{kind}: {t}.", t + ".") for t in texts]
     return out
-
-
-def _interval(x):
-    return 1.96 * np.std(x, ddof=1) / np.sqrt(len(x))
 
 
 def main(argv=None) -> None:
@@ -69,7 +67,7 @@ def main(argv=None) -> None:
         return dec(ld.frozen, latent)
 
     def psnr(img):
-        return np.asarray(eval_metrics.masked_errors(img, src, np.ones(src.shape[:3], bool))[0])
+        return np.asarray(eval_metrics.psnr(img, src))
 
     ceiling = psnr(dec(ld.frozen, zs))
     rows = []
@@ -84,9 +82,8 @@ def main(argv=None) -> None:
     print(f"{'phrasing':44s}{'PSNR vs source':>17s}{'- first':>16s}{'worst':>7s}{'lost':>6s}")
     first = rows[0][1]
     for label, p in rows:
-        diff = p - first
-        print(f"{label:44s}{p.mean():9.2f} ± {_interval(p):4.2f}{diff.mean():+9.2f} ± {_interval(diff):4.2f}"
-              f"{p.min():7.2f}{int(np.sum(p < ceiling - 6)):6d}")
+        print(f"{label:44s}" + "{:9.2f} ± {:4.2f}".format(*paired_interval(p))
+              + "{:+9.2f} ± {:4.2f}".format(*paired_interval(p - first)) + f"{p.min():7.2f}{int(np.sum(p < ceiling - 6)):6d}")
 
 
 if __name__ == "__main__":

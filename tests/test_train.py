@@ -276,14 +276,9 @@ def test_identity_pairs_read_a_noop_instruction_not_their_own():
     no-ops it does."""
     import ml_collections
     from anchoredit_jax import stage1
-    from anchoredit_jax.model import DiTConfig, WanDiT, init_params
+    from test_distill import _tiny_model  # perturbed: at initialisation the text would not reach the output
 
-    mcfg = DiTConfig(num_layers=1, num_heads=2, head_dim=8, ffn_dim=16, in_channels=4, out_channels=4, text_dim=8,
-                     freq_dim=16, rope_max_seq_len=16)
-    model, params = WanDiT(mcfg), init_params(mcfg, jax.random.PRNGKey(0), latent_hw=(4, 4), text_len=3)
-    # perturbed: some of the initialisation is zero, and text would not reach the output at all
-    params = jax.jit(lambda p: jax.tree.map(lambda x: x + 0.2 * jax.random.normal(jax.random.PRNGKey(2), x.shape), p))(
-        params)
+    model, params = _tiny_model()
     ks = jax.random.split(jax.random.PRNGKey(1), 6)
     src, tgt = jax.random.normal(ks[0], (4, 4, 4, 4)), jax.random.normal(ks[1], (4, 4, 4, 4))
     text_a, text_b = jax.random.normal(ks[2], (4, 3, 8)), jax.random.normal(ks[3], (4, 3, 8))
