@@ -8,17 +8,21 @@
 # ${OUT}_release (bfloat16, as shipped), ${OUT}_pairs.txt (benchmarks/edit_by_type.py) and ${OUT}_eval
 # (30 held-out turns, anchor and naive). Nothing that exists is overwritten: a finished step is
 # skipped (train and distill resume a workdir they left unfinished). UNTIL=blend stops after the
-# blend (stage 2 and the blend alone, for evaluating the lineage stage by stage).
+# blend (stage 2 and the blend alone, for evaluating the lineage stage by stage). NOOP=0.1 gives
+# stages 2 and 3 that share of no-op turns (the shipped recipe ran with none: data.noop_prob=0.0).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
 UNTIL=${UNTIL:-all}
 case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2; exit 2 ;; esac
+NOOP=${NOOP:-0.0}
+python -c "import sys; p = float(sys.argv[1]); assert 0 <= p < 1" "$NOOP" 2>/dev/null \
+  || { echo "NOOP: a share of no-op turns in [0, 1), not '$NOOP'" >&2; exit 2; }
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
       --config.data.edit_weights.resize=3.0 --config.data.edit_weights.background=0.5
-      --config.data.edit_weights.remove=0.6 --config.progress_bar=False)
+      --config.data.edit_weights.remove=0.6 --config.data.noop_prob="$NOOP" --config.progress_bar=False)
 say() { echo "[$(date -u +%H:%M:%S)] $*"; }
 
 if [ -d "$S1/checkpoints" ]; then

@@ -40,7 +40,7 @@ env > "$FAKE_OUT/env"
 def _env(**extra):
     """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
     drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
-            "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION"}
+            "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env.update(extra)
     return env
@@ -102,6 +102,14 @@ def test_cpu_stages_refuses_an_unknown_until_and_runs_nothing(tmp_path):
     res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
                          env=_env(S1="runs/x", OUT="runs/y", UNTIL="stage3"))
     assert res.returncode == 2 and "UNTIL: 'all' or 'blend', not 'stage3'" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("share", ["1", "-0.1", "ten", "nan"])
+def test_cpu_stages_refuses_a_bad_noop_share_and_runs_nothing(tmp_path, share):
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1="runs/x", OUT="runs/y", NOOP=share))
+    assert res.returncode == 2 and f"NOOP: a share of no-op turns in [0, 1), not '{share}'" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
 
 
