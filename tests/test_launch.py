@@ -21,6 +21,7 @@ TPU = os.path.join(ROOT, "launch", "tpu_pod.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
 GPU_RUN = os.path.join(ROOT, "launch", "gpu_shapes_w256.sh")
 CPU_STAGES = os.path.join(ROOT, "launch", "cpu_stages23.sh")
+RESULTS_SHIPPED = os.path.join(ROOT, "benchmarks", "results_shipped.sh")
 CONFIG = "configs/tiny.py"
 NOTE = "--config.note=it's a b"  # a space and a single quote: must arrive as one argument
 OVERRIDES = ["--config.batch_size=8", NOTE]
@@ -40,7 +41,8 @@ env > "$FAKE_OUT/env"
 def _env(**extra):
     """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
     drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
-            "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP"}
+            "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP",
+            "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env.update(extra)
     return env
@@ -104,6 +106,13 @@ def test_cpu_stages_refuses_an_unknown_until_and_runs_nothing(tmp_path):
     assert res.returncode == 2 and "UNTIL: 'all' or 'blend', not 'stage3'" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
 
+
+def test_results_shipped_refuses_a_missing_stage1_folder_and_runs_nothing(tmp_path):
+    # only the default folder is restored from git history: a candidate's stage 1 must be there
+    res = subprocess.run(["bash", RESULTS_SHIPPED], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1_DIR="out/candidate_s1", S3_DIR="out/candidate_release"))
+    assert res.returncode == 2 and "S1_DIR: no folder out/candidate_s1" in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
 
 @pytest.mark.parametrize("share", ["1", "-0.1", "ten", "nan"])
 def test_cpu_stages_refuses_a_bad_noop_share_and_runs_nothing(tmp_path, share):
