@@ -9,6 +9,13 @@ is decoded again and compared pixel for pixel with its PNG before the PNG is del
 that would not shrink, or would not come back identical, stays a PNG. References in tracked
 Markdown files (written from the repository root or relative to the file) are rewritten; the
 command prints what it changed. `git add -A docs` afterwards.
+
+    python docs/to_webp.py --lossy 90 docs/results/edit_by_type    # contact sheets kept for the record
+
+stores pictures (PNG or WebP) as lossy WebP at that quality instead, each only where it comes out
+at most `--max-ratio` of its bytes and within `--min-psnr` dB of the picture it replaces (so plots,
+whose lines and text suffer first, stay lossless): about 37 dB and 60% of the bytes for the
+contact sheets. For pictures whose detail is the point (the VAE's reconstructions), stay lossless.
 """
 from __future__ import annotations
 
@@ -38,6 +45,20 @@ def lossless_webp(path: str) -> bytes | None:
     return buf.getvalue() if same and buf.tell() < os.path.getsize(path) else None
 
 
+def lossy_webp(path: str, quality: int, max_ratio: float, min_psnr: float) -> tuple[bytes | None, float]:
+    """The picture at `path` as lossy WebP bytes and their PSNR against it (dB); the bytes are None
+    unless at most max_ratio of the file's size and at least min_psnr dB."""
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "WEBP", quality=quality, method=6)
+    with Image.open(io.BytesIO(buf.getvalue())) as back:
+        err = np.mean((np.asarray(back.convert("RGB"), np.float64) - rgb) ** 2)
+    psnr = float("inf") if err == 0 else 10 * np.log10(255.0 ** 2 / err)
+    ok = buf.tell() <= max_ratio * os.path.getsize(path) and psnr >= min_psnr
+    return (buf.getvalue() if ok else None), psnr
+
+
 def tracked(*paths: str) -> list[str]:
     out = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=ROOT, check=True,
                          capture_output=True).stdout.decode()
@@ -61,7 +82,14 @@ def rewrite_references(renamed: dict[str, str]) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="*", default=["docs"], help="files or folders (default: docs)")
+    ap.add_argument("--lossy", type=int, metavar="Q", help="lossy WebP at quality Q (1-100) instead")
+    ap.add_argument("--max-ratio", type=float, default=0.8, help="--lossy: replace only if at most this share of the bytes")
+    ap.add_argument("--min-psnr", type=float, default=35.0, help="--lossy: replace only if at least this close (dB)")
     args = ap.parse_args(argv)
+    if args.lossy is not None:
+        if not 1 <= args.lossy <= 100:
+            ap.error(f"--lossy: a quality from 1 to 100, not {args.lossy}")
+        return lossy(args.paths, args.lossy, args.max_ratio, args.min_psnr)
     renamed, before, after = {}, 0, 0
     for png in (p for p in tracked(*args.paths) if p.endswith(".png")):
         data = lossless_webp(os.path.join(ROOT, png))
@@ -77,6 +105,27 @@ def main(argv=None) -> int:
         renamed[png] = webp
     rewrite_references(renamed)
     print(f"{len(renamed)} pictures: {before / 2**20:.1f} MiB as PNG -> {after / 2**20:.1f} MiB as lossless WebP")
+    return 0
+
+
+def lossy(paths: list[str], quality: int, max_ratio: float, min_psnr: float) -> int:
+    renamed, before, after = {}, 0, 0
+    for pic in (p for p in tracked(*paths) if p.endswith((".png", ".webp"))):
+        data, psnr = lossy_webp(os.path.join(ROOT, pic), quality, max_ratio, min_psnr)
+        if data is None:
+            print(f"kept: {pic} ({psnr:.1f} dB)")
+            continue
+        webp = pic[:-4] + ".webp" if pic.endswith(".png") else pic
+        before += os.path.getsize(os.path.join(ROOT, pic))
+        after += len(data)
+        if webp != pic:
+            os.remove(os.path.join(ROOT, pic))
+            renamed[pic] = webp
+        with open(os.path.join(ROOT, webp), "wb") as f:
+            f.write(data)
+        print(f"lossy: {webp} ({psnr:.1f} dB)")
+    rewrite_references(renamed)
+    print(f"{before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB as lossy WebP at quality {quality}")
     return 0
 
 

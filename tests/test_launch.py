@@ -355,6 +355,46 @@ def test_docs_pictures_go_to_lossless_webp_and_markdown_follows(tmp_path, monkey
         assert np.array_equal(np.asarray(im.convert("RGB")), sheet)
 
 
+def test_docs_pictures_go_to_lossy_webp_only_where_small_and_close(tmp_path, monkeypatch):
+    """--lossy replaces a picture (WebP in place, PNG renamed and its Markdown rewritten) only where
+    the lossy bytes are smaller by the ratio asked and within the PSNR asked; the rest is untouched."""
+    import sys
+
+    from PIL import Image
+    sys.path.insert(0, os.path.join(ROOT, "docs"))
+    import to_webp
+
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:128, 0:192]
+    smooth = np.stack([127 + 100 * np.sin(x / 9.0 + c) * np.cos(y / 13.0) + rng.normal(0, 3, (128, 192))
+                       for c in range(3)], -1).clip(0, 255).astype(np.uint8)  # ~37 dB at quality 90
+    Image.fromarray(smooth).save(repo / "docs" / "sheet.webp", lossless=True)
+    Image.fromarray(smooth).save(repo / "docs" / "other.png")
+    noise = rng.integers(0, 255, (32, 32, 3), np.uint8)  # lossy shrinks it but far from it (~13 dB)
+    Image.fromarray(noise).save(repo / "docs" / "noise.webp", lossless=True)
+    (repo / "README.md").write_text("![a](docs/other.png) docs/noise.webp\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "."], cwd=repo, check=True)
+    monkeypatch.setattr(to_webp, "ROOT", str(repo))
+    noise_bytes = (repo / "docs" / "noise.webp").read_bytes()
+    lossless_size = (repo / "docs" / "sheet.webp").stat().st_size
+    assert to_webp.main(["--lossy", "90", "--min-psnr", "50"]) == 0  # too strict: nothing changes
+    assert (repo / "docs" / "sheet.webp").stat().st_size == lossless_size and (repo / "docs" / "other.png").exists()
+    assert to_webp.main(["--lossy", "90"]) == 0
+    assert (repo / "docs" / "noise.webp").read_bytes() == noise_bytes
+    assert (repo / "docs" / "sheet.webp").stat().st_size < 0.8 * lossless_size
+    assert not (repo / "docs" / "other.png").exists()
+    for name in ("sheet.webp", "other.webp"):
+        with Image.open(repo / "docs" / name) as im:
+            back = np.asarray(im.convert("RGB"), np.float64)
+        assert 10 * np.log10(255.0 ** 2 / np.mean((back - smooth) ** 2)) > 35
+    assert (repo / "README.md").read_text() == "![a](docs/other.webp) docs/noise.webp\n"
+    with pytest.raises(SystemExit):
+        to_webp.main(["--lossy", "0"])
+
 def test_int8_groups_error_is_at_most_half_a_step_and_compact_expand_round_trips():
     from anchoredit_jax import quantize
 
