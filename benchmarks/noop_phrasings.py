@@ -10,6 +10,13 @@ printed per phrasing are the mean PSNR (dB) against the source with a 95% interv
 difference from the first phrasing ("keep it as it is"), the worst image, and how many images fall
 more than 6 dB below the VAE's own round trip of the source (the best any model on this VAE can do):
 the subject or the scene lost, not blur.
+
+    python benchmarks/noop_phrasings.py --checkpoint weights/shapes_stage3 --text-similarity 600
+
+prints instead how close each training no-op phrasing sits to each edit type's training
+instructions (drawn from that many sequences of 3 turns) for the text encoder: the mean cosine of
+the token states averaged over each instruction's tokens. A phrasing close to "remove ..." is one a
+model may read as a removal.
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from anchoredit_jax import checkpointing, editor, eval_metrics, evaluate  # noqa: E402
 from anchoredit_jax.data.images import to_float  # noqa: E402
-from anchoredit_jax.data.shapes_edit import TEMPLATES, generate_pair  # noqa: E402
+from anchoredit_jax.data.shapes_edit import TEMPLATES, generate_pair, generate_scenes  # noqa: E402
 from readme_tables import paired_interval  # noqa: E402
 
 
@@ -37,6 +44,32 @@ def phrasings() -> list[tuple[str, str]]:
     return out
 
 
+def pooled_text(ld, texts: list[str]) -> np.ndarray:
+    """Instructions -> [N, D] unit vectors: the text encoder's token states averaged over real tokens."""
+    tx, tm = evaluate.embed_instructions(ld, [[t] for t in texts])
+    states, mask = np.asarray(tx[:, 0], np.float64), np.asarray(tm[:, 0], np.float64)
+    v = (states * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def text_similarity(ld, num_sequences: int) -> None:
+    by_type: dict[str, list[str]] = {}
+    for seed in range(num_sequences):
+        for e in generate_scenes(seed, 3, ld.resolution, "train", 0.0)[1]:
+            by_type.setdefault(e.edit_type, []).append(e.instruction)
+    noop = list(TEMPLATES["noop"][0])
+    vecs = pooled_text(ld, noop)
+    types = sorted(by_type)
+    print(f"mean cosine of pooled text states, {num_sequences} training sequences of 3 turns "
+          f"({sum(map(len, by_type.values()))} instructions)")
+    print(f"{'no-op phrasing':28s}" + "".join(f"{t:>11s}" for t in types) + f"{'other no-ops':>14s}")
+    others = (vecs @ vecs.T - np.eye(len(noop))).sum(1) / (len(noop) - 1)
+    per_type = [pooled_text(ld, by_type[t]).mean(0) for t in types]  # mean of cosines = cosine with the mean
+    for i, text in enumerate(noop):
+        cells = [float(m @ vecs[i]) for m in per_type]
+        print(f"{text:28s}" + "".join(f"{c:11.2f}" for c in cells) + f"{others[i]:14.2f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -45,10 +78,14 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the run's val.sample_steps")
     ap.add_argument("--guidance", type=float, default=None, help="default: the run's val.guidance")
     ap.add_argument("--split", default="heldout_seeds")
+    ap.add_argument("--text-similarity", type=int, metavar="N", default=0,
+                    help="print the phrasings' text similarity to N sequences' edit instructions instead")
     args = ap.parse_args(argv)
     checkpointing.quiet_logging()
 
     ld = evaluate.load_checkpoint(args.checkpoint, args.weights, "")
+    if args.text_similarity:
+        return text_similarity(ld, args.text_similarity)
     n = args.num_images
     src = to_float(np.stack([generate_pair(i, 0, ld.resolution, split=args.split, noop_prob=0.0).source
                              for i in range(n)]))

@@ -313,3 +313,27 @@ def test_noop_phrasings_script_scores_every_phrasing_on_the_same_images(tiny_sta
     assert len(rows) == 2 * sum(len(t) for t in TEMPLATES["noop"]) + 1 and rows[-1][0] == "null instruction (control)"
     assert rows[0][3:5] == ("+0.00", "0.00")  # the first against itself
     assert all(0 <= int(r[6]) <= 3 for r in rows)  # images lost, of 3
+
+
+def test_noop_phrasings_text_similarity_pools_each_instructions_tokens(tiny_stage1_run, capsys):
+    """--text-similarity: a pooled vector is the unit mean of the real tokens' states ([CLS] no changes
+    [SEP]: 4); different instructions pool apart; the table has a row per training no-op phrasing."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import noop_phrasings
+    from anchoredit_jax import evaluate
+    from anchoredit_jax.data.shapes_edit import TEMPLATES
+
+    ld = evaluate.load_checkpoint(tiny_stage1_run, "ema", "")
+    got = noop_phrasings.pooled_text(ld, ["no changes", "give the cat's body a checkered pattern at the top left"])
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+    tx, tm = evaluate.embed_instructions(ld, [["no changes"]])
+    states = np.asarray(tx[0, 0], np.float64)
+    assert int(np.asarray(tm).sum()) == 4 and states.shape[0] > 4
+    real = states[:4].mean(0)
+    np.testing.assert_allclose(got[0], real / np.linalg.norm(real), atol=1e-5)
+    assert got[0] @ got[1] < 0.999
+    noop_phrasings.main(["--checkpoint", tiny_stage1_run, "--text-similarity", "4"])
+    rows = [line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
+    assert [r[:28].strip() for r in rows] == list(TEMPLATES["noop"][0])
+    assert all(-1 <= float(v) <= 1 for r in rows for v in r[28:].split())
