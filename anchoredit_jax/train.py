@@ -73,11 +73,14 @@ BATCH_RANKS = {  # what the jitted step receives, per stage (leading axis: batch
 }
 
 
-def stage_loss(config, model, enc, frozen, batch, rng, step):
-    """params -> (loss, aux) for this stage's batch (images in, frozen encoders applied here)."""
+def stage_loss(config, model, enc, frozen, batch, rng, step, noop=None):
+    """params -> (loss, aux) for this stage's batch (images in, frozen encoders applied here).
+
+    noop: stage 1's embedded no-op instructions (`stage1.noop_instructions`), made once before the
+    loop: the same every step, so not re-encoded in it."""
     null_text, null_mask = enc.null_text()
     if config.stage == "stage1":
-        noop_text, noop_mask = stage1.noop_instructions(enc, frozen, te.make_tokenize_fn(config.text.max_length))
+        noop_text, noop_mask = noop
         return functools.partial(
             stage1.loss_fn, model=model, rng=rng, source=enc.encode_images(frozen, batch["source"]),
             target=enc.encode_images(frozen, batch["target"]), text=batch["text"], text_mask=batch["text_mask"],
@@ -339,9 +342,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         ** config.num_steps)
 
     # 4. The update step: jit with explicit shardings, state donated.
-    def train_step(state: TrainState, frozen, batch):
+    noop = (jax.jit(lambda fr: stage1.noop_instructions(enc, fr, tokenize))(frozen)
+            if config.stage == "stage1" else None)
+
+    def train_step(state: TrainState, frozen, batch, noop):
         rng = jax.random.fold_in(state.rng, state.step)
-        loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step)
+        loss_fn = stage_loss(config, model, enc, frozen, batch, rng, state.step, noop)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new, _, grad_norm = guarded_update(state, tx, loss, grads, config.debug.nan_at_step)
         ema = (optim.ema_update(state.ema, new.params, config.ema_decay, state.step, ema_warmup)
@@ -355,12 +361,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_sh = {k: sharding.batch_sharding(mesh, r) for k, r in ranks.items()}
     repl = sharding.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        jitted = jax.jit(train_step, in_shardings=(state_sh, repl, batch_sh), out_shardings=(state_sh, repl),
+        jitted = jax.jit(train_step, in_shardings=(state_sh, repl, batch_sh, repl), out_shardings=(state_sh, repl),
                          donate_argnums=(0,))
 
     def step_fn(state, batch):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(state, frozen, batch)
+            return jitted(state, frozen, batch, noop)
 
     next_batch = text_batches(enc, frozen, config, data_iter, ranks, batch_sh)
     val = samples.Stage1Validation(config, enc, tokenize, model)
