@@ -86,46 +86,39 @@ def main(argv=None) -> int:
     ap.add_argument("--max-ratio", type=float, default=0.8, help="--lossy: replace only if at most this share of the bytes")
     ap.add_argument("--min-psnr", type=float, default=35.0, help="--lossy: replace only if at least this close (dB)")
     args = ap.parse_args(argv)
-    if args.lossy is not None:
-        if not 1 <= args.lossy <= 100:
-            ap.error(f"--lossy: a quality from 1 to 100, not {args.lossy}")
-        return lossy(args.paths, args.lossy, args.max_ratio, args.min_psnr)
-    renamed, before, after = {}, 0, 0
-    for png in (p for p in tracked(*args.paths) if p.endswith(".png")):
-        data = lossless_webp(os.path.join(ROOT, png))
+    if args.lossy is None:
+        def encode_lossless(path):
+            data = lossless_webp(path)
+            return data, "pixel-identical" if data else "not smaller, or not pixel-identical"
+        return replace(args.paths, (".png",), encode_lossless, "lossless WebP")
+    if not 1 <= args.lossy <= 100:
+        ap.error(f"--lossy: a quality from 1 to 100, not {args.lossy}")
+
+    def encode_lossy(path):
+        data, psnr = lossy_webp(path, args.lossy, args.max_ratio, args.min_psnr)
+        return data, f"{psnr:.1f} dB"
+    return replace(args.paths, (".png", ".webp"), encode_lossy, f"lossy WebP at quality {args.lossy}")
+
+
+def replace(paths: list[str], suffixes: tuple[str, ...], encode, what: str) -> int:
+    """Each tracked picture under `paths` ending in `suffixes` -> encode(path) = (WebP bytes or None, note);
+    where bytes come back they replace it as .webp (a PNG is removed, the Markdown naming it rewritten)."""
+    renamed, count, before, after = {}, 0, 0, 0
+    for pic in (p for p in tracked(*paths) if p.endswith(suffixes)):
+        data, note = encode(os.path.join(ROOT, pic))
         if data is None:
-            print(f"kept as PNG: {png}")
+            print(f"kept: {pic} ({note})")
             continue
-        webp = png[:-4] + ".webp"
+        webp = os.path.splitext(pic)[0] + ".webp"
+        count, before, after = count + 1, before + os.path.getsize(os.path.join(ROOT, pic)), after + len(data)
         with open(os.path.join(ROOT, webp), "wb") as f:
             f.write(data)
-        before += os.path.getsize(os.path.join(ROOT, png))
-        after += len(data)
-        os.remove(os.path.join(ROOT, png))
-        renamed[png] = webp
-    rewrite_references(renamed)
-    print(f"{len(renamed)} pictures: {before / 2**20:.1f} MiB as PNG -> {after / 2**20:.1f} MiB as lossless WebP")
-    return 0
-
-
-def lossy(paths: list[str], quality: int, max_ratio: float, min_psnr: float) -> int:
-    renamed, before, after = {}, 0, 0
-    for pic in (p for p in tracked(*paths) if p.endswith((".png", ".webp"))):
-        data, psnr = lossy_webp(os.path.join(ROOT, pic), quality, max_ratio, min_psnr)
-        if data is None:
-            print(f"kept: {pic} ({psnr:.1f} dB)")
-            continue
-        webp = pic[:-4] + ".webp" if pic.endswith(".png") else pic
-        before += os.path.getsize(os.path.join(ROOT, pic))
-        after += len(data)
         if webp != pic:
             os.remove(os.path.join(ROOT, pic))
             renamed[pic] = webp
-        with open(os.path.join(ROOT, webp), "wb") as f:
-            f.write(data)
-        print(f"lossy: {webp} ({psnr:.1f} dB)")
+        print(f"{what}: {webp} ({note})")
     rewrite_references(renamed)
-    print(f"{before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB as lossy WebP at quality {quality}")
+    print(f"{count} pictures: {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB as {what}")
     return 0
 
 
