@@ -60,9 +60,10 @@ def lossy_webp(path: str, quality: int, max_ratio: float, min_psnr: float) -> tu
 
 
 def tracked(*paths: str) -> list[str]:
+    """Tracked files that are there (a file added and since renamed by a pass is still in the index)."""
     out = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=ROOT, check=True,
                          capture_output=True).stdout.decode()
-    return [p for p in out.split("\0") if p]
+    return [p for p in out.split("\0") if p and os.path.exists(os.path.join(ROOT, p))]
 
 
 def rewrite_references(renamed: dict[str, str]) -> None:

@@ -1,21 +1,23 @@
 #!/bin/bash
 # Stages 2 and 3 of the shipped ShapesEdit recipe (README, "How the shipped model was made", steps 2
 # to 5) from a width-256 stage-1 model, then its pairs and 30 turns; about an hour on 2 CPU cores:
-#     S1=runs/gpu_w256 OUT=runs/recipe bash launch/cpu_stages23.sh
-# S1: the stage-1 training workdir (its EMA weights are released first, to ${OUT}_s1) or release.
+#     S1=runs/stage1_ft OUT=runs/recipe bash launch/cpu_stages23.sh
+# S1: the stage-1 training workdir (its EMA weights are released first, to ${OUT}_s1) or release;
+# as shipped, the workdir of launch/cpu_stage1_ft.sh.
 # It makes ${OUT}_s2 (300 steps of teacher-forced stage 2, no history degradation), ${OUT}_blend
 # (half stage 1, half stage 2), ${OUT}_s3 (150 steps of consistency distillation from the blend),
 # ${OUT}_release (bfloat16, as shipped), ${OUT}_pairs.txt (benchmarks/edit_by_type.py) and ${OUT}_eval
 # (30 held-out turns, anchor and naive). Nothing that exists is overwritten: a finished step is
 # skipped (train and distill resume a workdir they left unfinished). UNTIL=blend stops after the
-# blend (stage 2 and the blend alone, for evaluating the lineage stage by stage). NOOP=0.1 gives
-# stages 2 and 3 that share of no-op turns (the shipped recipe ran with none: data.noop_prob=0.0).
+# blend (stage 2 and the blend alone, for evaluating the lineage stage by stage). NOOP: the share of
+# no-op turns stages 2 and 3 draw (default 0.1, as shipped since 2026-12-06; the model shipped
+# before was made with NOOP=0.0 from the H200 stage 1 itself, without launch/cpu_stage1_ft.sh).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
 UNTIL=${UNTIL:-all}
 case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2; exit 2 ;; esac
-NOOP=${NOOP:-0.0}
+NOOP=${NOOP:-0.1}
 python -c "import sys; p = float(sys.argv[1]); assert 0 <= p < 1" "$NOOP" 2>/dev/null \
   || { echo "NOOP: a share of no-op turns in [0, 1), not '$NOOP'" >&2; exit 2; }
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)

@@ -21,6 +21,7 @@ TPU = os.path.join(ROOT, "launch", "tpu_pod.sh")
 SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
 GPU_RUN = os.path.join(ROOT, "launch", "gpu_shapes_w256.sh")
 CPU_STAGES = os.path.join(ROOT, "launch", "cpu_stages23.sh")
+CPU_FT = os.path.join(ROOT, "launch", "cpu_stage1_ft.sh")
 RESULTS_SHIPPED = os.path.join(ROOT, "benchmarks", "results_shipped.sh")
 CONFIG = "configs/tiny.py"
 NOTE = "--config.note=it's a b"  # a space and a single quote: must arrive as one argument
@@ -79,14 +80,14 @@ def _read_argv(path):
     return path.read_bytes().decode().split("\0")[:-1]
 
 
-@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED])
 def test_bash_syntax(script):
     res = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED])
 def test_shellcheck(script):
     res = subprocess.run(["shellcheck", "--shell=bash", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -113,6 +114,16 @@ def test_results_shipped_refuses_a_missing_stage1_folder_and_runs_nothing(tmp_pa
                          env=_env(S1_DIR="out/candidate_s1", S3_DIR="out/candidate_release"))
     assert res.returncode == 2 and "S1_DIR: no folder out/candidate_s1" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("given, why", [({}, "OUT: set OUT"), ({"OUT": "runs/ft", "S1": "out/mine"}, "S1: no folder out/mine")])
+def test_cpu_stage1_ft_refuses_a_missing_input_and_runs_nothing(tmp_path, given, why):
+    # only the default stage 1 is restored from git history; nothing else is made on a refusal
+    env = {k: v for k, v in _env(**given).items() if k not in {"S1", "OUT"} - set(given)}
+    res = subprocess.run(["bash", CPU_FT], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode != 0 and why in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
 
 @pytest.mark.parametrize("share", ["1", "-0.1", "ten", "nan"])
 def test_cpu_stages_refuses_a_bad_noop_share_and_runs_nothing(tmp_path, share):
@@ -392,8 +403,10 @@ def test_docs_pictures_go_to_lossy_webp_only_where_small_and_close(tmp_path, mon
             back = np.asarray(im.convert("RGB"), np.float64)
         assert 10 * np.log10(255.0 ** 2 / np.mean((back - smooth) ** 2)) > 35
     assert (repo / "README.md").read_text() == "![a](docs/other.webp) docs/noise.webp\n"
+    assert to_webp.main([]) == 0  # other.png, renamed, is still in git's index: passed over, not opened
     with pytest.raises(SystemExit):
         to_webp.main(["--lossy", "0"])
+
 
 def test_int8_groups_error_is_at_most_half_a_step_and_compact_expand_round_trips():
     from anchoredit_jax import quantize
