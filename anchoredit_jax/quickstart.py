@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     checkpoints = ["--checkpoint", f"shipped={args.weights}"]
     if args.train_steps > 0:
         print(f"[1/2] training a small stage-1 model for {args.train_steps} steps (a taste: the shipped model "
-              "had 8000 GPU steps of stage 1, then stages 2 and 3)")
+              "had 8000 GPU steps of stage 1 and 150 on the CPU, then stages 2 and 3)")
         workdir = os.path.join(args.out, "train")
         short_training(args, workdir)
         checkpoints += ["--checkpoint", f"quick{args.train_steps}={workdir}"]
