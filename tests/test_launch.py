@@ -125,9 +125,11 @@ def test_cpu_stage1_ft_refuses_a_missing_input_and_runs_nothing(tmp_path, given,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("script", [CPU_STAGES, RESULTS_SHIPPED])
 @pytest.mark.parametrize("share", ["1", "-0.1", "ten", "nan"])
-def test_cpu_stages_refuses_a_bad_noop_share_and_runs_nothing(tmp_path, share):
-    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+def test_a_bad_noop_share_is_refused_and_nothing_runs(tmp_path, script, share):
+    # results_shipped.sh checks it before remaking the lineage's stage 1 (minutes) with it
+    res = subprocess.run(["bash", script], capture_output=True, text=True, cwd=tmp_path,
                          env=_env(S1="runs/x", OUT="runs/y", NOOP=share))
     assert res.returncode == 2 and f"NOOP: a share of no-op turns in [0, 1), not '{share}'" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
