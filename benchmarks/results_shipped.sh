@@ -10,9 +10,9 @@
 #     S1_DIR=out/noop3_s1 S3_DIR=out/noop3_release LINEAGE=out/noop3 RES=out/next bash benchmarks/results_shipped.sh
 set -ex  # stop at the first failing evaluation
 LINEAGE=${LINEAGE:-out/lineage}; S1_DIR=${S1_DIR:-${LINEAGE}_s1}
-S3_DIR=${S3_DIR:-weights/shapes_stage3}; RES=${RES:-out/shipped}; NOOP=${NOOP:-0.1}
-python -c "import sys; p = float(sys.argv[1]); assert 0 <= p < 1" "$NOOP" 2>/dev/null \
-  || { echo "NOOP: a share of no-op turns in [0, 1), not '$NOOP'" >&2; exit 2; }  # before any remake
+S3_DIR=${S3_DIR:-weights/shapes_stage3}; RES=${RES:-out/shipped}
+# shellcheck source=/dev/null
+. "$(dirname "${BASH_SOURCE[0]}")/../launch/noop_share.sh"  # NOOP checked before any remake
 if [ ! -d "$S1_DIR" ]; then
   [ "$S1_DIR" = out/lineage_s1 ] || { echo "S1_DIR: no folder $S1_DIR" >&2; exit 2; }
   OUT=out/lineage_stage1_ft bash launch/cpu_stage1_ft.sh  # restores the H200 model into out/shapes_stage1

@@ -17,9 +17,8 @@ S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
 UNTIL=${UNTIL:-all}
 case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2; exit 2 ;; esac
-NOOP=${NOOP:-0.1}
-python -c "import sys; p = float(sys.argv[1]); assert 0 <= p < 1" "$NOOP" 2>/dev/null \
-  || { echo "NOOP: a share of no-op turns in [0, 1), not '$NOOP'" >&2; exit 2; }
+# shellcheck source=/dev/null
+. "$(dirname "${BASH_SOURCE[0]}")/noop_share.sh"  # NOOP, default 0.1, checked
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5

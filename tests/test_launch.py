@@ -22,6 +22,7 @@ SLURM = os.path.join(ROOT, "launch", "slurm.sbatch")
 GPU_RUN = os.path.join(ROOT, "launch", "gpu_shapes_w256.sh")
 CPU_STAGES = os.path.join(ROOT, "launch", "cpu_stages23.sh")
 CPU_FT = os.path.join(ROOT, "launch", "cpu_stage1_ft.sh")
+NOOP_SHARE = os.path.join(ROOT, "launch", "noop_share.sh")
 RESULTS_SHIPPED = os.path.join(ROOT, "benchmarks", "results_shipped.sh")
 CONFIG = "configs/tiny.py"
 NOTE = "--config.note=it's a b"  # a space and a single quote: must arrive as one argument
@@ -80,14 +81,14 @@ def _read_argv(path):
     return path.read_bytes().decode().split("\0")[:-1]
 
 
-@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED, NOOP_SHARE])
 def test_bash_syntax(script):
     res = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
-@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED])
+@pytest.mark.parametrize("script", [TPU, SLURM, GPU_RUN, CPU_STAGES, CPU_FT, RESULTS_SHIPPED, NOOP_SHARE])
 def test_shellcheck(script):
     res = subprocess.run(["shellcheck", "--shell=bash", script], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
