@@ -3,7 +3,7 @@
 # The shipped three-stage model (weights/shapes_stage3) against its stage-1 teacher and, stage by
 # stage, its whole lineage, remade by README's recipe when missing (out/lineage_{s1,s2,blend}: the
 # 150-step stage-1 fine-tune of launch/cpu_stage1_ft.sh from the H200 model, restored from git history,
-# then stage 2 and the blend of launch/cpu_stages23.sh with NOOP=0.1; about 35 minutes on 2 CPU cores).
+# then stage 2 and the blend of launch/cpu_stages23.sh with NOOP=0.1; about 30 minutes on 2 CPU cores).
 # Every model uses the VAE shipped with them (byte-identical).
 # For another lineage (a candidate to ship): S1_DIR, S3_DIR, LINEAGE (the prefix cpu_stages23.sh
 # made its stage 2 and blend under; NOOP= reaches it) and RES (the prefix of the outputs), e.g.
