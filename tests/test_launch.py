@@ -126,6 +126,17 @@ def test_cpu_stage1_ft_refuses_a_missing_input_and_runs_nothing(tmp_path, given,
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("given, why", [({"STEPS": "0"}, "STEPS: a positive whole number of steps, not '0'"),
+                                       ({"STEPS": "4e2"}, "STEPS: a positive whole number of steps, not '4e2'"),
+                                       ({"SEED": "-1"}, "SEED: a whole number, not '-1'")])
+def test_cpu_stage1_ft_refuses_bad_steps_or_seed_before_restoring_anything(tmp_path, given, why):
+    # checked before the default stage 1 is restored from git history into out/
+    res = subprocess.run(["bash", CPU_FT], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(OUT="runs/ft", **given))
+    assert res.returncode == 2 and why in res.stderr, res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("script", [CPU_STAGES, RESULTS_SHIPPED])
 @pytest.mark.parametrize("share", ["1", "-0.1", "ten", "nan"])
 def test_a_bad_noop_share_is_refused_and_nothing_runs(tmp_path, script, share):
