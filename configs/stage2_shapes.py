@@ -23,6 +23,9 @@ def get_config(arg: str = ""):
     # the window the evaluation and the edit CLI use (`anchor_w4`, --window 4): the query then sits at
     # the same RoPE turn position (5) as in training.
     c.data.num_turns = 6
+    # A tenth of the turns are no-ops ("keep it as it is", ...), as in the evaluation's sequences; stage 1
+    # draws its own (stage1.noop_prob), so its config keeps data.noop_prob at 0. Stage 3 inherits this.
+    c.data.noop_prob = 0.1
     c.stage2 = ml_collections.ConfigDict(dict(
         window=4, keep_anchor=True,  # the same memory as at inference
         rollout_steps=2 if test else 4, rollout_method="euler", rollout_guidance=3.0,
