@@ -2,12 +2,13 @@
 # The evaluations behind README's "Results on ShapesEdit" tables (run from the repo root of a full clone).
 # The shipped three-stage model (weights/shapes_stage3) against its stage-1 teacher and, stage by
 # stage, its whole lineage, remade by README's recipe when missing (out/lineage_{s1,s2,blend}: the
-# 150-step stage-1 fine-tune of launch/cpu_stage1_ft.sh from the H200 model, restored from git history,
-# then stage 2 and the blend of launch/cpu_stages23.sh with NOOP=0.1; about 30 minutes on 2 CPU cores).
+# stage-1 fine-tunes of launch/cpu_stage1_ft.sh from the H200 model, restored from git history, 150
+# steps then 450 more, then stage 2 and the blend of launch/cpu_stages23.sh with NOOP=0.1; about 47
+# minutes on 2 CPU cores).
 # Every model uses the VAE shipped with them (byte-identical).
 # For another lineage (a candidate to ship): S1_DIR, S3_DIR, LINEAGE (the prefix cpu_stages23.sh
 # made its stage 2 and blend under; NOOP= reaches it) and RES (the prefix of the outputs), e.g.
-#     S1_DIR=out/noop3_s1 S3_DIR=out/noop3_release LINEAGE=out/noop3 RES=out/next bash benchmarks/results_shipped.sh
+#     S1_DIR=out/ft450x_s1 S3_DIR=out/ft450x_release LINEAGE=out/ft450x RES=out/r450 bash benchmarks/results_shipped.sh
 set -ex  # stop at the first failing evaluation
 LINEAGE=${LINEAGE:-out/lineage}; S1_DIR=${S1_DIR:-${LINEAGE}_s1}
 S3_DIR=${S3_DIR:-weights/shapes_stage3}; RES=${RES:-out/shipped}
@@ -16,7 +17,8 @@ S3_DIR=${S3_DIR:-weights/shapes_stage3}; RES=${RES:-out/shipped}
 if [ ! -d "$S1_DIR" ]; then
   [ "$S1_DIR" = out/lineage_s1 ] || { echo "S1_DIR: no folder $S1_DIR" >&2; exit 2; }
   OUT=out/lineage_stage1_ft bash launch/cpu_stage1_ft.sh  # restores the H200 model into out/shapes_stage1
-  UNTIL=blend NOOP="$NOOP" S1=out/lineage_stage1_ft OUT=out/lineage bash launch/cpu_stages23.sh  # makes out/lineage_s1
+  S1=out/lineage_stage1_ft OUT=out/lineage_stage1_ft450 STEPS=450 SEED=42 bash launch/cpu_stage1_ft.sh
+  UNTIL=blend NOOP="$NOOP" S1=out/lineage_stage1_ft450 OUT=out/lineage bash launch/cpu_stages23.sh  # makes out/lineage_s1
 fi
 E="python -m anchoredit_jax.evaluate --overwrite"  # replaces only its own files in ${RES}_*
 S1=stage1=$S1_DIR; S3=stage3=$S3_DIR

@@ -1,14 +1,15 @@
 #!/bin/bash
-# Step 1b of the shipped ShapesEdit recipe (README, "How the shipped model was made"): 150 stage-1
-# steps on the CPU from the H200 stage-1 model, with the no-op fix of 2026-12-06 (identity pairs read
-# a no-op phrasing). About 7 minutes on 2 CPU cores:
+# Step 1b of the shipped ShapesEdit recipe (README, "How the shipped model was made"): stage-1 steps
+# on the CPU from the H200 stage-1 model, with the no-op fix of 2026-12-06 (identity pairs read a
+# no-op phrasing). As shipped since 2026-12-07, two calls: 150 steps (about 7 minutes on 2 CPU cores),
+# then 450 more from them with another data order (about 17 minutes):
 #     OUT=runs/stage1_ft bash launch/cpu_stage1_ft.sh
-# S1: the stage-1 model to start from (default out/shapes_stage1: the H200 run's bfloat16 release,
-# restored from git history when missing). OUT: the training workdir it makes; then
-# `S1=$OUT OUT=... bash launch/cpu_stages23.sh` takes it through stages 2 and 3. A finished OUT is
-# left as it is (train resumes one left unfinished). STEPS (default 150) and SEED (default 41, the
-# data order) make a longer or another fine-tune, e.g. from a finished one:
 #     S1=runs/stage1_ft OUT=runs/stage1_ft450 STEPS=450 SEED=42 bash launch/cpu_stage1_ft.sh
+# S1: the stage-1 model to start from (default out/shapes_stage1: the H200 run's bfloat16 release,
+# restored from git history when missing; or a finished workdir of this script). OUT: the training
+# workdir it makes; then `S1=$OUT OUT=... bash launch/cpu_stages23.sh` takes it through stages 2 and
+# 3. A finished OUT is left as it is (train resumes one left unfinished). STEPS (default 150) and
+# SEED (default 41, the data order): the number of steps and the data order.
 set -euo pipefail
 OUT=${OUT:?set OUT to the workdir this makes, e.g. runs/stage1_ft}
 S1=${S1:-out/shapes_stage1}
