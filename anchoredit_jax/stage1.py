@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from anchoredit_jax import flow
-from anchoredit_jax.data.shapes_edit import TEMPLATES
+from anchoredit_jax.data.shapes_phrasing import TEMPLATES
 from anchoredit_jax.model import WanDiT
 
 # What identity pairs read: ShapesEdit's training no-op phrasings (its held-out ones stay held out).

@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from anchoredit_jax import checkpointing, editor, eval_metrics, evaluate  # noqa: E402
 from anchoredit_jax.data.images import to_float  # noqa: E402
-from anchoredit_jax.data.shapes_edit import TEMPLATES, generate_pair, generate_scenes  # noqa: E402
+from anchoredit_jax.data.shapes_edit import generate_pair, generate_scenes  # noqa: E402
+from anchoredit_jax.data.shapes_phrasing import TEMPLATES  # noqa: E402
 from readme_tables import paired_interval  # noqa: E402
 
 

@@ -305,7 +305,7 @@ def test_noop_phrasings_script_scores_every_phrasing_on_the_same_images(tiny_sta
     import sys
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import noop_phrasings
-    from anchoredit_jax.data.shapes_edit import TEMPLATES
+    from anchoredit_jax.data.shapes_phrasing import TEMPLATES
 
     noop_phrasings.main(["--checkpoint", tiny_stage1_run, "--num-images", "3", "--steps", "2"])
     rows = re.findall(r"^(.+?)\s+([0-9.]+) ± ([0-9.]+)\s+([-+][0-9.]+) ± ([0-9.]+)\s+([0-9.]+)\s+(\d+)$",
@@ -322,7 +322,7 @@ def test_noop_phrasings_text_similarity_pools_each_instructions_tokens(tiny_stag
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import noop_phrasings
     from anchoredit_jax import evaluate
-    from anchoredit_jax.data.shapes_edit import TEMPLATES
+    from anchoredit_jax.data.shapes_phrasing import TEMPLATES
 
     ld = evaluate.load_checkpoint(tiny_stage1_run, "ema", "")
     got = noop_phrasings.pooled_text(ld, ["no changes", "give the cat's body a checkered pattern at the top left"])

@@ -17,7 +17,7 @@ Edit types (EDIT_TYPES): recolor (a part or an object), add (an object at a name
 hat), remove (an object or the hat), move (an object to a place or a bit in a direction; the
 creature a bit), resize (bigger/smaller), pattern (solid/stripes/dots/checks on a part),
 background (colour and/or style), noop ("keep it as it is"). Each has several templates with
-synonyms for the creature, parts, shapes, places and directions.
+synonyms for the creature, parts, shapes, places and directions (shapes_phrasing.py).
 
 Splits (SPLITS); the RNG of sequence `seed` is SeedSequence([crc32(split), seed]):
 - train: train templates, no held-out combination ever appears.
@@ -44,6 +44,8 @@ import numpy as np
 
 from anchoredit_jax.data.images import resolution_hw
 from anchoredit_jax.data.shapes_render import BG_COLORS, COLORS, OBJ_ID0, PART_IDS, region_mask, render
+from anchoredit_jax.data.shapes_phrasing import (BG_PHRASES, DIRS, LOC, SHAPE_WORDS, TO, fill_template,
+                                                object_ref, part_words, pick, subject_word, with_article)
 
 SPLITS = ("train", "heldout_seeds", "heldout_phrasings", "heldout_combos")
 EDIT_TYPES = ("recolor", "add", "remove", "move", "resize", "pattern", "background", "noop")
@@ -147,129 +149,6 @@ class EditSequence:
             self.has_mask = np.ones(k, bool)
 
 
-# ----------------------------------------------------------------------------- phrasing
-# Per template key: (train templates, held-out templates). Held-out ones appear only in
-# the heldout_phrasings split, which uses nothing else.
-TEMPLATES = {
-    "recolor_obj": (["make the {obj} {color}", "change the {obj} to {color}", "turn the {obj} {color}",
-                     "color the {obj} {color}", "paint the {obj} {color}", "recolor the {obj} {color}",
-                     "change the color of the {obj} to {color}", "the {obj} should be {color}"],
-                    ["switch the {obj} over to {color}", "give the {obj} a coat of {color} paint",
-                     "I'd like the {obj} in {color}"]),
-    "recolor_part": (["make the {subj}'s {part} {color}", "change the {subj}'s {part} to {color}",
-                      "give the {subj} {a_color_part}", "paint the {subj}'s {part} {color}",
-                      "turn the {part} of the {subj} {color}", "color the {part} {color}",
-                      "change the color of the {subj}'s {part} to {color}"],
-                     ["dye the {subj}'s {part} {color}", "the {subj}'s {part} {be} {color} now",
-                      "let the {subj} have {a_color_part}"]),
-    "add_obj": (["add {a_desc} {loc}", "put {a_desc} {loc}", "place {a_desc} {loc}", "draw {a_desc} {loc}",
-                 "insert {a_desc} {loc}"],
-                ["there should be {a_desc} {loc}", "include {a_desc} {loc}", "sketch {a_desc} {loc}"]),
-    "add_hat": (["give the {subj} {a_color_hat}", "put {a_color_hat} on the {subj}",
-                 "add {a_color_hat} to the {subj}'s head", "make the {subj} wear {a_color_hat}"],
-                ["dress the {subj} in {a_color_hat}", "the {subj} needs {a_color_hat}"]),
-    "remove_obj": (["remove the {obj}", "delete the {obj}", "take away the {obj}", "get rid of the {obj}",
-                    "erase the {obj}", "take out the {obj}"],
-                   ["make the {obj} disappear", "the {obj} has to go", "lose the {obj}"]),
-    "remove_hat": (["remove the {subj}'s {part}", "take off the {subj}'s {part}",
-                    "take the {part} off the {subj}", "the {subj} should not wear a hat"],
-                   ["make the {subj} hatless", "lose the {subj}'s {part}"]),
-    "move_region": (["move the {obj} {to}", "drag the {obj} {to}", "shift the {obj} {to}",
-                     "bring the {obj} {to}", "reposition the {obj} {to}"],
-                    ["relocate the {obj} {to}", "the {obj} should go {to}", "slide the {obj} over {to}"]),
-    "move_shift": (["move the {obj} {dir}", "shift the {obj} {dir}", "nudge the {obj} {dir}",
-                    "push the {obj} {dir}"],
-                   ["scoot the {obj} {dir}", "relocate the {obj} {dir}"]),
-    "resize_up": (["make the {obj} bigger", "make the {obj} larger", "enlarge the {obj}",
-                   "scale up the {obj}", "increase the size of the {obj}"],
-                  ["blow up the {obj}", "the {obj} should be bigger", "grow the {obj}"]),
-    "resize_down": (["make the {obj} smaller", "shrink the {obj}", "scale down the {obj}",
-                     "reduce the size of the {obj}", "make the {obj} a bit smaller"],
-                    ["the {obj} should be smaller", "downsize the {obj}", "make the {obj} less big"]),
-    "pattern_stripes": (["give the {subj}'s {part} stripes", "make the {subj}'s {part} striped",
-                         "add stripes to the {subj}'s {part}", "paint stripes on the {part}"],
-                        ["cover the {subj}'s {part} in stripes", "the {part} should have stripes"]),
-    "pattern_dots": (["give the {subj}'s {part} polka dots", "add dots to the {subj}'s {part}",
-                      "make the {subj}'s {part} spotted", "put spots on the {part}"],
-                     ["cover the {subj}'s {part} in dots", "the {part} should have spots"]),
-    "pattern_checks": (["give the {subj}'s {part} a checkered pattern", "make the {subj}'s {part} checkered",
-                        "add a checkerboard pattern to the {part}", "put checks on the {subj}'s {part}"],
-                       ["cover the {subj}'s {part} in checks", "the {part} should look like a checkerboard"]),
-    "pattern_solid": (["make the {subj}'s {part} plain", "remove the pattern from the {subj}'s {part}",
-                       "make the {part} a solid color", "get rid of the pattern on the {part}"],
-                      ["the {part} should be one flat color", "clear the {subj}'s {part} of any pattern"]),
-    "background": (["change the background to {bg}", "make the background {bg}",
-                    "replace the background with {bg}", "use {bg} as the background",
-                    "set the background to {bg}"],
-                   ["swap the backdrop for {bg}", "the background should become {bg}",
-                    "put {bg} behind everything"]),
-    "noop": (["keep it as it is", "leave the image unchanged", "no changes", "don't change anything",
-              "keep everything the same", "leave it alone", "do nothing"],
-             ["this looks perfect, keep it", "no edit needed this time", "same picture again, please"]),
-}
-SPECIES = {"pointy": "cat", "round": "bear", "long": "bunny", "horns": "monster", "antennae": "alien"}
-SHAPE_WORDS = {"circle": ["circle", "ball", "disc"], "square": ["square", "block"], "triangle": ["triangle"],
-               "star": ["star"], "diamond": ["diamond"], "heart": ["heart"], "hexagon": ["hexagon"]}
-LOC = {"top left": ["in the top left corner", "at the top left"], "top": ["at the top", "along the top edge"],
-       "top right": ["in the top right corner", "at the top right"], "left": ["on the left side", "at the left edge"],
-       "centre": ["in the middle", "in the centre"], "right": ["on the right side", "at the right edge"],
-       "bottom left": ["in the bottom left corner", "at the bottom left"],
-       "bottom": ["at the bottom", "along the bottom edge"],
-       "bottom right": ["in the bottom right corner", "at the bottom right"]}
-TO = {r: ["to " + p.split(" ", 1)[1] for p in ps] for r, ps in LOC.items()}
-DIRS = {(-1, 0): ["a bit to the left", "slightly to the left", "a little to the left"],
-        (1, 0): ["a bit to the right", "slightly to the right", "a little to the right"],
-        (0, -1): ["a bit up", "slightly higher", "a little upwards"],
-        (0, 1): ["a bit down", "slightly lower", "a little downwards"]}
-BG_PHRASES = {"plain": ["plain {c}", "{c}"], "gradient": ["a {c} gradient"], "stripes": ["{c} stripes"],
-              "checks": ["a {c} checkerboard"], "dots": ["{c} polka dots"]}
-
-
-def _pick(rng, seq):
-    seq = list(seq)
-    return seq[int(rng.integers(len(seq)))]
-
-
-def _a(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def _part_word(c: Creature, name: str) -> tuple[list[str], bool]:
-    """Synonyms of a part's noun and whether it is plural (for 'is'/'are')."""
-    shape = getattr(c, name).shape
-    if name == "ears":
-        return ({"horns": ["horns"], "antennae": ["antennae"]}.get(shape, ["ears"]), True)
-    if name == "eyes":
-        return (["eye"], False) if shape == "one" else (["eyes"], True)
-    if name == "hat":
-        return [shape, "hat"], False
-    return {"body": ["body", "torso"], "feet": ["feet", "paws"]}.get(name, [name]), name == "feet"
-
-
-def _subj(rng, c: Creature) -> str:
-    return _pick(rng, [SPECIES[c.ears.shape]] * 2 + ["creature", "character"])
-
-
-def _obj_ref(rng, scene: Scene, i: int) -> str:
-    o = scene.objects[i]
-    unique = sum(p.shape == o.shape for p in scene.objects) == 1
-    word = _pick(rng, SHAPE_WORDS[o.shape])
-    return word if unique and rng.random() < 0.4 else f"{o.color} {word}"
-
-
-def _phrase(rng, key: str, split: str, **slots) -> tuple[str, str]:
-    """Fill a template of `key`: returns (instruction, template id)."""
-    held = split == "heldout_phrasings"
-    options = TEMPLATES[key][int(held)]
-    i = int(rng.integers(len(options)))
-    text = options[i].format(**slots)
-    if rng.random() < 0.5:
-        text = text[0].upper() + text[1:]
-    if rng.random() < 0.3:
-        text += "."
-    return text, f"{key}:{'h' if held else 't'}{i}"
-
-
 # ----------------------------------------------------------------------------- scene sampling
 def _allowed(thing: str, attr: str, split: str) -> bool:
     return split == "heldout_combos" or (thing, attr) not in HELDOUT_COMBOS
@@ -281,7 +160,7 @@ def _choose(rng, thing: str, options, split: str, exclude=(), prefer_heldout=Fal
     held = [o for o in cands if (thing, o) in HELDOUT_COMBOS]
     if prefer_heldout and split == "heldout_combos" and held and rng.random() < 0.5:
         cands = held
-    return _pick(rng, cands) if cands else None
+    return pick(rng, cands) if cands else None
 
 
 def scene_combos(scene: Scene) -> set[tuple[str, str]]:
@@ -297,17 +176,17 @@ def scene_combos(scene: Scene) -> set[tuple[str, str]]:
 def _sample_creature(rng, split: str) -> dict:
     parts = {}
     for name in ("body", "head", "ears", "tail", "feet", "hat"):
-        shape = _pick(rng, PART_SHAPES[name]) if name != "hat" or rng.random() < 0.65 else "none"
+        shape = pick(rng, PART_SHAPES[name]) if name != "hat" or rng.random() < 0.65 else "none"
         reuse = {"head": "body", "ears": "head", "tail": "body"}.get(name)
-        color = parts[reuse].color if reuse and rng.random() < 0.5 else _pick(rng, COLORS)
+        color = parts[reuse].color if reuse and rng.random() < 0.5 else pick(rng, COLORS)
         if not _allowed(name, color, split):
             color = _choose(rng, name, COLORS, split)
         pattern = "solid"
         if name in PATTERNED and rng.random() < {"body": 0.5, "head": 0.2, "tail": 0.4, "hat": 0.3}[name]:
             pattern = _choose(rng, name, PATTERNS[1:], split)
         parts[name] = Part(shape, color, pattern)
-    parts["eyes"] = Part(_pick(rng, PART_SHAPES["eyes"]), _choose(rng, "eyes", EYE_COLORS, split))
-    return dict(parts, mouth=_pick(rng, MOUTHS))
+    parts["eyes"] = Part(pick(rng, PART_SHAPES["eyes"]), _choose(rng, "eyes", EYE_COLORS, split))
+    return dict(parts, mouth=pick(rng, MOUTHS))
 
 
 def _box(c: Creature) -> tuple[float, float, float, float]:
@@ -349,21 +228,21 @@ def sample_scene(rng, frame: tuple[float, float], split: str = "train") -> Scene
     x = rng.uniform(MARGIN - x0 * size, fw - MARGIN - x1 * size)
     y = rng.uniform(MARGIN - y0 * size, fh - MARGIN - y1 * size)
     subject = Creature(x=x, y=y, size=size, **_sample_creature(rng, split))
-    bg = Background(_pick(rng, BG_STYLES[:2] * 2 + BG_STYLES), _pick(rng, BG_COLORS))
+    bg = Background(pick(rng, BG_STYLES[:2] * 2 + BG_STYLES), pick(rng, BG_COLORS))
     scene = Scene(frame, bg, subject)
     if split == "heldout_combos" and not scene_combos(scene) & HELDOUT_COMBOS:
         # Force one held-out pair onto a part (always possible, unlike fitting an object).
-        thing, attr = _pick(rng, sorted(c for c in HELDOUT_COMBOS if c[0] in PART_IDS))
+        thing, attr = pick(rng, sorted(c for c in HELDOUT_COMBOS if c[0] in PART_IDS))
         part = getattr(subject, thing)
-        shape = _pick(rng, PART_SHAPES["hat"][1:]) if part.shape == "none" else part.shape
+        shape = pick(rng, PART_SHAPES["hat"][1:]) if part.shape == "none" else part.shape
         field = "pattern" if attr in PATTERNS else "color"
         part = dataclasses.replace(part, shape=shape, **{field: attr})
         scene = dataclasses.replace(scene, subject=dataclasses.replace(subject, **{thing: part}))
     for _ in range(int(rng.integers(1, 4))):
         for _try in range(20):
-            shape = _pick(rng, OBJ_SHAPES)
+            shape = pick(rng, OBJ_SHAPES)
             color = _choose(rng, shape, COLORS, split, {o.color for o in scene.objects if o.shape == shape})
-            o = Obj(shape, color, rng.uniform(0, fw), rng.uniform(0, fh), _pick(rng, OBJ_SIZES.values()))
+            o = Obj(shape, color, rng.uniform(0, fw), rng.uniform(0, fh), pick(rng, OBJ_SIZES.values()))
             if color and _free(scene, o.x, o.y, o.size):
                 scene = dataclasses.replace(scene, objects=scene.objects + (o,))
                 break
@@ -395,52 +274,52 @@ def _edit_recolor(rng, scene, split):
         color = _choose(rng, o.shape, COLORS, split, taken, prefer_heldout=True)
         if color is None:
             return None
-        return (_set_obj(scene, i, color=color), "recolor_obj", dict(obj=_obj_ref(rng, scene, i), color=color),
+        return (_set_obj(scene, i, color=color), "recolor_obj", dict(obj=object_ref(rng, scene, i), color=color),
                 (OBJ_ID0 + i,), ())
-    name = _pick(rng, _parts_present(c, PART_IDS))
+    name = pick(rng, _parts_present(c, PART_IDS))
     palette = EYE_COLORS if name == "eyes" else COLORS
     color = _choose(rng, name, palette, split, {getattr(c, name).color}, prefer_heldout=True)
     if color is None:
         return None
-    words, plural = _part_word(c, name)
-    part = _pick(rng, words)
-    slots = dict(subj=_subj(rng, c), part=part, color=color, be="are" if plural else "is",
-                 a_color_part=f"{color} {part}" if plural else _a(f"{color} {part}"))
+    words, plural = part_words(c, name)
+    part = pick(rng, words)
+    slots = dict(subj=subject_word(rng, c), part=part, color=color, be="are" if plural else "is",
+                 a_color_part=f"{color} {part}" if plural else with_article(f"{color} {part}"))
     return _set_part(scene, name, color=color), "recolor_part", slots, (PART_IDS[name],), ()
 
 
 def _edit_add(rng, scene, split):
     c = scene.subject
     if c.hat.shape == "none" and rng.random() < 0.25:
-        hat = Part(_pick(rng, PART_SHAPES["hat"][1:]), _choose(rng, "hat", COLORS, split, prefer_heldout=True))
+        hat = Part(pick(rng, PART_SHAPES["hat"][1:]), _choose(rng, "hat", COLORS, split, prefer_heldout=True))
         new = _set_part(scene, "hat", shape=hat.shape, color=hat.color, pattern="solid")
-        return new, "add_hat", dict(subj=_subj(rng, c), a_color_hat=_a(f"{hat.color} {hat.shape}")), (), (7,)
+        return new, "add_hat", dict(subj=subject_word(rng, c), a_color_hat=with_article(f"{hat.color} {hat.shape}")), (), (7,)
     if len(scene.objects) >= 4:
         return None
-    shape = _pick(rng, OBJ_SHAPES)
+    shape = pick(rng, OBJ_SHAPES)
     color = _choose(rng, shape, COLORS, split, {o.color for o in scene.objects if o.shape == shape},
                     prefer_heldout=True)
-    size_word = _pick(rng, OBJ_SIZES)
+    size_word = pick(rng, OBJ_SIZES)
     for region in rng.permutation(REGIONS):
         x, y = _region_xy(scene, region)
         if color and _free(scene, x, y, OBJ_SIZES[size_word]):
             new = dataclasses.replace(scene, objects=scene.objects + (Obj(shape, color, x, y, OBJ_SIZES[size_word]),))
             desc = " ".join(w for w in (size_word if size_word != "medium" else "", color,
-                                        _pick(rng, SHAPE_WORDS[shape])) if w)
-            return new, "add_obj", dict(a_desc=_a(desc), loc=_pick(rng, LOC[region])), (), (OBJ_ID0 + len(scene.objects),)
+                                        pick(rng, SHAPE_WORDS[shape])) if w)
+            return new, "add_obj", dict(a_desc=with_article(desc), loc=pick(rng, LOC[region])), (), (OBJ_ID0 + len(scene.objects),)
     return None
 
 
 def _edit_remove(rng, scene, split):
     c = scene.subject
     if c.hat.shape != "none" and (not scene.objects or rng.random() < 0.25):
-        slots = dict(subj=_subj(rng, c), part=_pick(rng, _part_word(c, "hat")[0]))
+        slots = dict(subj=subject_word(rng, c), part=pick(rng, part_words(c, "hat")[0]))
         return _set_part(scene, "hat", shape="none"), "remove_hat", slots, (7,), ()
     if not scene.objects:
         return None
     i = int(rng.integers(len(scene.objects)))
     new = dataclasses.replace(scene, objects=scene.objects[:i] + scene.objects[i + 1:])
-    return new, "remove_obj", dict(obj=_obj_ref(rng, scene, i)), (OBJ_ID0 + i,), ()
+    return new, "remove_obj", dict(obj=object_ref(rng, scene, i)), (OBJ_ID0 + i,), ()
 
 
 def _edit_move_or_resize(rng, scene, split, resize: bool):
@@ -452,13 +331,13 @@ def _edit_move_or_resize(rng, scene, split, resize: bool):
             cands = [(dict(size=c.size * f), key, {}) for f, key in ((1.2, "resize_up"), (1 / 1.2, "resize_down"))
                      if 0.4 <= c.size * f <= 0.8]
         else:
-            cands = [(dict(x=c.x + 0.15 * d[0], y=c.y + 0.15 * d[1]), "move_shift", dict(dir=_pick(rng, DIRS[d])))
+            cands = [(dict(x=c.x + 0.15 * d[0], y=c.y + 0.15 * d[1]), "move_shift", dict(dir=pick(rng, DIRS[d])))
                      for d in DIRS]
         for j in rng.permutation(len(cands)):
             kw, key, slots = cands[j]
             new_c = dataclasses.replace(c, **kw)
             if _subject_fits(scene, new_c):
-                return dataclasses.replace(scene, subject=new_c), key, dict(slots, obj=_subj(rng, c)), ids, ids
+                return dataclasses.replace(scene, subject=new_c), key, dict(slots, obj=subject_word(rng, c)), ids, ids
         return None
     i = int(rng.integers(len(scene.objects)))
     o = scene.objects[i]
@@ -466,35 +345,35 @@ def _edit_move_or_resize(rng, scene, split, resize: bool):
         cands = [(dict(size=o.size * f), key, {}) for f, key in ((1.35, "resize_up"), (1 / 1.35, "resize_down"))
                  if 0.1 <= o.size * f <= 0.36]
     elif rng.random() < 0.5:
-        cands = [(dict(zip("xy", _region_xy(scene, r))), "move_region", dict(to=_pick(rng, TO[r]))) for r in REGIONS]
+        cands = [(dict(zip("xy", _region_xy(scene, r))), "move_region", dict(to=pick(rng, TO[r]))) for r in REGIONS]
         cands = [cd for cd in cands if math.hypot(cd[0]["x"] - o.x, cd[0]["y"] - o.y) > 0.1]
     else:
-        cands = [(dict(x=o.x + 0.2 * d[0], y=o.y + 0.2 * d[1]), "move_shift", dict(dir=_pick(rng, DIRS[d])))
+        cands = [(dict(x=o.x + 0.2 * d[0], y=o.y + 0.2 * d[1]), "move_shift", dict(dir=pick(rng, DIRS[d])))
                  for d in DIRS]
     for j in rng.permutation(len(cands)):
         kw, key, slots = cands[j]
         new = _set_obj(scene, i, **kw)
         if _free(scene, new.objects[i].x, new.objects[i].y, new.objects[i].size, skip=i):
-            return new, key, dict(slots, obj=_obj_ref(rng, scene, i)), (OBJ_ID0 + i,), (OBJ_ID0 + i,)
+            return new, key, dict(slots, obj=object_ref(rng, scene, i)), (OBJ_ID0 + i,), (OBJ_ID0 + i,)
     return None
 
 
 def _edit_pattern(rng, scene, split):
     c = scene.subject
-    name = _pick(rng, _parts_present(c, PATTERNED))
+    name = pick(rng, _parts_present(c, PATTERNED))
     pattern = _choose(rng, name, PATTERNS, split, {getattr(c, name).pattern}, prefer_heldout=True)
     if pattern is None:
         return None
-    slots = dict(subj=_subj(rng, c), part=_pick(rng, _part_word(c, name)[0]))
+    slots = dict(subj=subject_word(rng, c), part=pick(rng, part_words(c, name)[0]))
     return _set_part(scene, name, pattern=pattern), f"pattern_{pattern}", slots, (PART_IDS[name],), ()
 
 
 def _edit_background(rng, scene, split):
     bg = scene.background
     change = int(rng.integers(3))  # 0: colour, 1: style, 2: both
-    color = _pick(rng, [c for c in BG_COLORS if c != bg.color]) if change != 1 else bg.color
-    style = _pick(rng, [s for s in BG_STYLES if s != bg.style]) if change != 0 else bg.style
-    phrase = _pick(rng, BG_PHRASES[style]).format(c=color)
+    color = pick(rng, [c for c in BG_COLORS if c != bg.color]) if change != 1 else bg.color
+    style = pick(rng, [s for s in BG_STYLES if s != bg.style]) if change != 0 else bg.style
+    phrase = pick(rng, BG_PHRASES[style]).format(c=color)
     return dataclasses.replace(scene, background=Background(style, color)), "background", dict(bg=phrase), (0,), ()
 
 
@@ -528,7 +407,7 @@ def sample_edit(rng, scene: Scene, split: str = "train", noop_prob: float = 0.1,
     edit_weights: {type: weight} (see check_edit_weights), None for DEFAULT_EDIT_WEIGHTS. A type
     of weight 0 is still tried last, so recolor (which always applies) remains the fallback."""
     if rng.random() < noop_prob:
-        text, tid = _phrase(rng, "noop", split)
+        text, tid = fill_template(rng, "noop", split)
         return Edit("noop", text, tid, scene)
     weights = check_edit_weights(edit_weights) or DEFAULT_EDIT_WEIGHTS
     names = list(_EDITS)
@@ -539,7 +418,7 @@ def sample_edit(rng, scene: Scene, split: str = "train", noop_prob: float = 0.1,
         out = _EDITS[name](rng, scene, split)
         if out is not None:
             new, key, slots, before, after = out
-            text, tid = _phrase(rng, key, split, **slots)
+            text, tid = fill_template(rng, key, split, **slots)
             return Edit(str(name), text, tid, new, before, after)
     raise AssertionError("recolor always applies")
 
