@@ -42,6 +42,22 @@ def test_rendering_matches_the_pinned_bytes():
     assert h.hexdigest() == PINNED_DIGEST
 
 
+# sha256 of the instructions below (type, template id, text), as generated before the phrasing moved
+# to shapes_phrasing.py (commit c914884). The image digest above sees only how many draws the
+# phrasing takes, not the words: a reworded template or a reordered synonym changes this one.
+PINNED_INSTRUCTIONS = "eee7cca775378a10af8a7ea1bc6f15d6492ce4fcac1348834a272f12e2241cd8"
+
+
+def test_instructions_match_the_pinned_text():
+    h = hashlib.sha256()
+    for split in se.SPLITS:
+        for seed in range(40):
+            _, edits = se.generate_scenes(seed, 6, 64, split)
+            for e in edits:
+                h.update(f"{e.edit_type}|{e.template_id}|{e.instruction}\n".encode())
+    assert h.hexdigest() == PINNED_INSTRUCTIONS
+
+
 def test_shapes_and_dtypes():
     s = se.generate_sequence(1, 3, 32)
     assert s.source.shape == (32, 32, 3) and s.source.dtype == np.uint8

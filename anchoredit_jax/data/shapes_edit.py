@@ -43,9 +43,9 @@ import zlib
 import numpy as np
 
 from anchoredit_jax.data.images import resolution_hw
-from anchoredit_jax.data.shapes_render import BG_COLORS, COLORS, OBJ_ID0, PART_IDS, region_mask, render
 from anchoredit_jax.data.shapes_phrasing import (BG_PHRASES, DIRS, LOC, SHAPE_WORDS, TO, fill_template,
                                                 object_ref, part_words, pick, subject_word, with_article)
+from anchoredit_jax.data.shapes_render import BG_COLORS, COLORS, OBJ_ID0, PART_IDS, region_mask, render
 
 SPLITS = ("train", "heldout_seeds", "heldout_phrasings", "heldout_combos")
 EDIT_TYPES = ("recolor", "add", "remove", "move", "resize", "pattern", "background", "noop")
@@ -293,7 +293,8 @@ def _edit_add(rng, scene, split):
     if c.hat.shape == "none" and rng.random() < 0.25:
         hat = Part(pick(rng, PART_SHAPES["hat"][1:]), _choose(rng, "hat", COLORS, split, prefer_heldout=True))
         new = _set_part(scene, "hat", shape=hat.shape, color=hat.color, pattern="solid")
-        return new, "add_hat", dict(subj=subject_word(rng, c), a_color_hat=with_article(f"{hat.color} {hat.shape}")), (), (7,)
+        slots = dict(subj=subject_word(rng, c), a_color_hat=with_article(f"{hat.color} {hat.shape}"))
+        return new, "add_hat", slots, (), (7,)
     if len(scene.objects) >= 4:
         return None
     shape = pick(rng, OBJ_SHAPES)
@@ -306,7 +307,8 @@ def _edit_add(rng, scene, split):
             new = dataclasses.replace(scene, objects=scene.objects + (Obj(shape, color, x, y, OBJ_SIZES[size_word]),))
             desc = " ".join(w for w in (size_word if size_word != "medium" else "", color,
                                         pick(rng, SHAPE_WORDS[shape])) if w)
-            return new, "add_obj", dict(a_desc=with_article(desc), loc=pick(rng, LOC[region])), (), (OBJ_ID0 + len(scene.objects),)
+            slots = dict(a_desc=with_article(desc), loc=pick(rng, LOC[region]))
+            return new, "add_obj", slots, (), (OBJ_ID0 + len(scene.objects),)
     return None
 
 

@@ -1,9 +1,9 @@
 """ShapesEdit's instructions: templates, synonyms and the helpers that fill them.
 
-Each template key has (train templates, held-out templates); the held-out ones appear only in the
-heldout_phrasings split, which uses nothing else (shapes_edit.py documents the splits). Every
-choice is one `rng.integers` draw in a fixed order, so a seed gives the same instruction
-bytes on every machine: the published results were measured on them.
+The helpers draw from the sequence's own numpy Generator, in the order shapes_edit.py calls them,
+so a seed gives the same instruction bytes on every machine (the published results were measured
+on them; tests/test_shapes_edit.py pins a digest of the text). The splits are documented in
+shapes_edit.py.
 """
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ BG_PHRASES = {"plain": ["plain {c}", "{c}"], "gradient": ["a {c} gradient"], "st
 
 
 def pick(rng, seq):
+    """One uniform choice from `seq` (one `rng.integers` draw); scene sampling uses it too."""
     seq = list(seq)
     return seq[int(rng.integers(len(seq)))]
 
