@@ -1,4 +1,4 @@
-"""Training metrics: JSONL + TensorBoard event files, model FLOPs and utilisation (MFU)."""
+"""Training metrics: JSONL + TensorBoard event files, model FLOPs and utilisation (MFU), profiler traces."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,9 @@ import os
 import sys
 
 import jax
+from absl import logging
 
+from anchoredit_jax.config_lib import ConfigError
 from anchoredit_jax.model import DiTConfig
 
 # Dense bf16 peak per device, FLOP/s (vendor figures), for the MFU estimate.
@@ -79,6 +81,50 @@ def _summary_writer_class():
     finally:
         del sys.modules["torch"]  # a later `import torch` works as usual
     return SummaryWriter
+
+
+class StepProfiler:
+    """A jax.profiler trace of the training steps numbered [first_step, first_step + num_steps) (the
+    1-based numbers metrics.jsonl logs) into `logdir`, for TensorBoard's profile plugin (xprof) or
+    Perfetto (the `*.trace.json.gz` beside the `*.xplane.pb`). first_step = -1: off. Process 0 only:
+    on a pod one host's trace shows the step; each would write its own. Pick a step after the first
+    (it compiles) and after a log step if the host-side metrics should stay out of the picture.
+
+    Call `before(done, state)` ahead of step `done` and `after(done, state)` once it is dispatched;
+    `close()` in a `finally` ends a trace the loop left early (exception, preemption, end of run).
+    """
+
+    def __init__(self, cfg, logdir: str, enabled: bool = True, start: int = 0):
+        cfg = cfg or {}
+        self.first, self.num = int(cfg.get("first_step", -1)), int(cfg.get("num_steps", 1))
+        if self.first == 0 or self.first < -1 or self.num < 1:
+            raise ConfigError(f"config.profile.first_step={self.first} must be -1 (off) or >= 1 (steps count "
+                              f"from 1), and config.profile.num_steps={self.num} >= 1")
+        self.logdir, self.enabled, self.active = logdir, enabled and self.first >= 1, False
+        if self.enabled and self.first <= start:
+            logging.warning("config.profile.first_step=%d: the run resumes after step %d, nothing is traced",
+                            self.first, start)
+
+    def before(self, done: int, state) -> None:
+        if self.enabled and done == self.first:
+            jax.block_until_ready(state)  # earlier steps' work stays out of the trace
+            jax.profiler.start_trace(self.logdir)
+            self.active = True
+
+    def after(self, done: int, state) -> None:
+        if self.active and done == self.first + self.num - 1:
+            self.close(state)
+
+    def close(self, state=None) -> None:
+        if not self.active:
+            return
+        if state is not None:
+            jax.block_until_ready(state)  # dispatch is asynchronous: the trace must see the steps run
+        jax.profiler.stop_trace()
+        self.active = False
+        logging.info("profile of steps %d-%d in %s (tensorboard --logdir %s with tensorboard-plugin-profile, "
+                     "or its trace.json.gz in ui.perfetto.dev)", self.first, self.first + self.num - 1,
+                     self.logdir, self.logdir)
 
 
 def read_jsonl(path: str) -> list[dict]:

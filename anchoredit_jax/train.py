@@ -226,7 +226,8 @@ def guarded_update(state, tx, loss, grads, nan_at_step: int = -1):
 def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager, validate, is_main, start: int,
              tokens_per_step: int, flops_per_step: float, desc: str = "train") -> dict:
     """The training loop every stage shares: metrics, validation + best checkpoint, checkpoints,
-    preemption (SIGTERM -> save and exit), NaN guard, progress bar. -> the last logged metrics.
+    preemption (SIGTERM -> save and exit), NaN guard, progress bar, profiler trace (config.profile).
+    -> the last logged metrics.
 
     step_fn(state, batch) -> (state, metrics); next_batch() -> global batch; validate(state, step) ->
     metrics with "val_loss" (the best checkpoint keeps state.params by it).
@@ -244,6 +245,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
                           "resume with the echo the run was saved with")
     # eval_every = 0: no held-out loss and no best checkpoint (smoke runs, tests, throughput probes)
     evaluates = lambda done: config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps)  # noqa: E731
+    profiler = metrics.StepProfiler(config.get("profile"), os.path.join(workdir, "profile"), is_main, start)
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     peak = metrics.peak_flops_per_device(config.get("peak_flops_per_device"))
@@ -254,11 +256,14 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
     t0, s0 = time.perf_counter(), start
     try:
         for step in range(start, total_steps):
+            done = step + 1
             if step % echo == 0:
                 batch = next_batch()
-            state, m = step_fn(state, batch)
+            profiler.before(done, state)
+            with jax.profiler.StepTraceAnnotation(desc, step_num=done):  # the profile plugin's step boundaries
+                state, m = step_fn(state, batch)
+            profiler.after(done, state)
             bar.update(1)
-            done = step + 1
             if done == config.debug.get("sigterm_at_step", -1):  # test hook: preemption on a given step
                 os.kill(os.getpid(), signal.SIGTERM)
             if config.debug.step_sleep:  # test hook: leaves time to kill or preempt a run
@@ -298,6 +303,7 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
                     checkpointing.save(manager, done, state, data_iter, force=True)
                 break
     finally:
+        profiler.close(state)
         manager.wait_until_finished()
         bar.close()
         writer.close()

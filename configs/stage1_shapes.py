@@ -72,4 +72,7 @@ def get_config(arg: str = ""):
         guidance=3.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=5 if test else 500, max_to_keep=3, async_save=True))
     c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, step_sleep=0.0, sigterm_at_step=-1))  # test hooks
+    # jax.profiler trace of steps first_step .. first_step + num_steps - 1 (as logged) into
+    # workdir/profile; -1: off. E.g. --config.profile.first_step=30 (past compilation).
+    c.profile = ml_collections.ConfigDict(dict(first_step=-1, num_steps=3))
     return c

@@ -53,5 +53,8 @@ def get_config():
         sampler="euler", sample_shift=3.0, guidance=4.0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, async_save=True))
     c.debug = ml_collections.ConfigDict(dict(nan_at_step=-1, step_sleep=0.0))
+    # jax.profiler trace of steps first_step .. first_step + num_steps - 1 (as logged) into
+    # workdir/profile; -1: off. E.g. --config.profile.first_step=30 (past compilation).
+    c.profile = ml_collections.ConfigDict(dict(first_step=-1, num_steps=3))
     c.peak_flops_per_device = 0.0  # 0: looked up from the device kind (H100: 989 TFLOP/s bf16)
     return c
