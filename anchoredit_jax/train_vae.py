@@ -41,6 +41,7 @@ from anchoredit_jax import checkpointing, compile_cache, config_lib
 from anchoredit_jax import vae as vae_lib
 from anchoredit_jax.data import images as pixels
 from anchoredit_jax.data.contact_sheet import save_image
+from anchoredit_jax.metrics import StepProfiler
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,17 +298,22 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # 4. loop
     t_loop = time.time()
+    profiler = StepProfiler(cfg.get("profile"), os.path.join(workdir, "profile"))
     bar = tqdm(range(cfg.train.num_steps), desc="train_vae")
     for step in bar:
         batch = train[np_rng.integers(0, len(train), cfg.train.batch_size)]
         rng, step_rng = jax.random.split(rng)
-        state, metrics = update(state, batch, step_rng)
+        profiler.before(step + 1, state)
+        with jax.profiler.StepTraceAnnotation("train_vae", step_num=step + 1):
+            state, metrics = update(state, batch, step_rng)
+        profiler.after(step + 1, state)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == cfg.train.num_steps:
             m = {k: float(v) for k, v in metrics.items()}
             bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.2f}")
             tqdm.write(f"step {step + 1} " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
         if (step + 1) % cfg.train.ckpt_every == 0 or step + 1 == cfg.train.num_steps:
             mngr.save(step + 1, args=ocp.args.StandardSave(state.params))
+    profiler.close(state)  # a window past the last step
     mngr.wait_until_finished()
     train_s = time.time() - t_loop
 

@@ -75,6 +75,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         num_figure=8,       # originals vs reconstructions in the figure
         figure_path="",     # extra copy of the figure (e.g. docs/vae_recon.png); workdir always
     ))
+    # jax.profiler trace of steps first_step .. first_step + num_steps - 1 into workdir/profile; -1: off
+    c.profile = ml_collections.ConfigDict(dict(first_step=-1, num_steps=3))
 
     if arg == "smoke":
         c.model.base_dim = 8

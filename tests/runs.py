@@ -1,4 +1,4 @@
-"""Test helper: a training workdir as it was after an earlier step.
+"""Test helpers on training workdirs: one as it was after an earlier step; the steps a profile traced.
 
 A resume test needs a run interrupted at step s and the same run carried to the end. Training the
 interrupted run again costs a whole extra trace and compile of the step; the workdir of the full
@@ -6,6 +6,8 @@ run, cut back to step s, is the same thing: with checkpoint.every dividing s, it
 the one the interrupted run would have written (same config, same steps), and the data iterator's
 position is saved with it. The SIGKILL/SIGTERM tests in test_train.py cover the interruption itself.
 """
+import glob
+import gzip
 import json
 import os
 import re
@@ -36,3 +38,17 @@ def rewind(src, dst, step: int) -> str:
     with open(path, "w") as f:
         f.writelines(rows)
     return dst
+
+
+def traced_steps(workdir, name="train"):
+    """-> the step numbers of `name` StepTraceAnnotations in each trace under workdir/profile."""
+    traces = sorted(glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.trace.json.gz")))
+    out = []
+    for path in traces:
+        assert os.path.exists(path.replace(".trace.json.gz", ".xplane.pb"))  # what TensorBoard/xprof reads
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+        out.append(sorted({int(e["args"]["step_num"]) for e in events
+                           if e.get("name") == name and "step_num" in e.get("args", {})}))
+    return out
+

@@ -1,7 +1,4 @@
 """Stage-1 training: sharding invariance, exact resume after SIGKILL, SIGTERM, NaN guard, 2 processes, profiling."""
-import glob
-import gzip
-import json
 import logging
 import os
 import signal
@@ -18,6 +15,7 @@ import pytest
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.config_lib import load_config
 from anchoredit_jax.metrics import read_jsonl
+from runs import traced_steps
 
 CONFIG = "configs/stage1_shapes.py"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,28 +298,15 @@ def test_identity_pairs_read_a_noop_instruction_not_their_own():
     assert np.all(np.abs(np.asarray(loss(text_a, 0.0) - loss(text_b, 0.0))) > 1e-6)
 
 
-def _traced_steps(workdir, name="train"):
-    """-> the step numbers of `name` StepTraceAnnotations in each trace under workdir/profile."""
-    traces = sorted(glob.glob(os.path.join(workdir, "profile", "plugins", "profile", "*", "*.trace.json.gz")))
-    out = []
-    for path in traces:
-        assert os.path.exists(path.replace(".trace.json.gz", ".xplane.pb"))  # what TensorBoard/xprof reads
-        with gzip.open(path) as f:
-            events = json.load(f)["traceEvents"]
-        out.append(sorted({int(e["args"]["step_num"]) for e in events
-                           if e.get("name") == name and "step_num" in e.get("args", {})}))
-    return out
-
-
 def test_profile_traces_the_steps_asked_and_stops_on_error(tmp_path):
     common = {"checkpoint.async_save": False, "mesh.num_devices": 1, "profile.num_steps": 2}
     train_lib.train(_config(num_steps=5, **common, **{"profile.first_step": 3}), str(tmp_path / "a"))
-    assert _traced_steps(tmp_path / "a") == [[3, 4]]
+    assert traced_steps(tmp_path / "a") == [[3, 4]]
     # a NaN in the third step stops the run inside the window (2 to 11): the loop's exit ends the trace
     with pytest.raises(train_lib.NonFiniteError, match="at step 2"):
         train_lib.train(_config(num_steps=5, **{**common, "profile.num_steps": 10, "profile.first_step": 2,
                                                 "debug.nan_at_step": 2}), str(tmp_path / "b"))
-    assert _traced_steps(tmp_path / "b") == [[2, 3]]
+    assert traced_steps(tmp_path / "b") == [[2, 3]]
     jax.profiler.start_trace(str(tmp_path / "c"))  # raises if a trace were still running
     jax.profiler.stop_trace()
     with pytest.raises(ValueError, match="config.profile.first_step=0 must be -1"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from anchoredit_jax import train_vae, vae
+from runs import traced_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,15 +168,17 @@ def _fake_images(num_sequences, num_turns, resolution, split, first_seed=0, desc
 
 
 def test_train_and_evaluate_smoke(tmp_path, monkeypatch):
-    """End to end at toy size with stand-in data: checkpoint, latent stats, figure, reload."""
+    """End to end at toy size with stand-in data: checkpoint, latent stats, figure, reload, profile."""
     monkeypatch.setattr(train_vae, "shapes_images", _fake_images)
     cfg = _load_config("smoke")
     # smallest shapes that still run every stage (LPIPS is covered by the update-step test)
     cfg.model.dim_mult, cfg.model.temperal_downsample = (1, 2), (False,)
     cfg.data.resolution, cfg.loss.lpips_weight = 32, 0.0
     cfg.eval.figure_path = str(tmp_path / "fig" / "recon.png")
+    cfg.profile.first_step, cfg.profile.num_steps = 2, 5  # past the last step (3): closed at the end
     result = train_vae.train_and_evaluate(cfg, str(tmp_path / "wd"))
     assert np.isfinite(result["heldout_psnr_db"])
+    assert traced_steps(tmp_path / "wd", "train_vae") == [[2, 3]]
     assert os.path.exists(cfg.eval.figure_path)
     config, params, stats = train_vae.load_trained_vae(str(tmp_path / "wd"))
     assert len(stats["std"]) == config.z_dim and config.latents_std == tuple(stats["std"])
