@@ -23,7 +23,8 @@ resolution (Lanczos) and centre-cropped to it; every output is at the model reso
 
 Batch output in --out: turn_00_source.png (the cropped source), turn_01.png, ..., contact_sheet.png
 (all turns with their instructions) and log.json (settings, seed, per-turn instruction and
-seconds; the first turn includes compilation and is reported apart from the later ones).
+seconds; the first turn includes compilation and is reported apart from the later ones); with
+--profile, a jax.profiler trace of turns 2 onwards in profile/ (each turn a `turn` step).
 --interactive: a prompt on stdin; an instruction makes a turn; :undo, :back K (turn K of the
 current path, 0 = source), :goto ID (any node), :seed N, :history, :save, :quit (or EOF). Every
 node keeps its anchor memory on the host, so undo/branching costs no recomputation; the tree is
@@ -33,12 +34,13 @@ Randomness: the turn at depth k uses fold_in(PRNGKey(seed), k - 1), as editor.ed
 does, so a path of the tree reproduces the batch run of its instructions bit for bit.
 The checkpoint, encoders and compiled turn live in anchoredit_jax/edit_session.py (`Session`).
 Errors print one line "error: ..." and exit with 1 (2 for bad flags). Existing files in --out are
-never touched, except ours (turn_*/node_* PNGs, contact_sheet.png, log.json, history.json) with
---overwrite.
+never touched, except ours (turn_*/node_* PNGs, contact_sheet.png, log.json, history.json; a new
+trace in profile/) with --overwrite.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -129,16 +131,23 @@ def run_batch(sess: Session, args, source: np.ndarray, info: dict) -> None:
     _save_png(source, os.path.join(args.out, "turn_00_source.png"))
     mem = sess.start(source)
     images, turns, secs = [source], [], []
-    for k in tqdm(range(1, len(args.instructions) + 1), desc="turns", unit="turn", file=sys.stderr):
-        t0 = time.perf_counter()
-        img, mem, s = sess.run_turn(mem, *embedded[k - 1], k, args.seed)
-        name = f"turn_{k:02d}.png"
-        _save_png(img, os.path.join(args.out, name))
-        images.append(img)
-        secs.append(s)
-        turns.append(dict(turn=k, instruction=args.instructions[k - 1], image=name, turn_s=s,
-                          total_s=time.perf_counter() - t0))
-        write_json(os.path.join(args.out, "log.json"), sess.log(args, info, secs, turns=turns))
+    with contextlib.ExitStack() as stack:  # ends the trace however the loop ends
+        for k in tqdm(range(1, len(args.instructions) + 1), desc="turns", unit="turn", file=sys.stderr):
+            if args.profile and k == 2:
+                stack.enter_context(jax.profiler.trace(os.path.join(args.out, "profile")))
+            t0 = time.perf_counter()
+            with jax.profiler.StepTraceAnnotation("turn", step_num=k):
+                img, mem, s = sess.run_turn(mem, *embedded[k - 1], k, args.seed)  # img on the host: turn done
+            name = f"turn_{k:02d}.png"
+            _save_png(img, os.path.join(args.out, name))
+            images.append(img)
+            secs.append(s)
+            turns.append(dict(turn=k, instruction=args.instructions[k - 1], image=name, turn_s=s,
+                              total_s=time.perf_counter() - t0))
+            write_json(os.path.join(args.out, "log.json"), sess.log(args, info, secs, turns=turns))
+    if args.profile:
+        print(f"profile of turns 2-{len(secs)}: {os.path.join(args.out, 'profile')} (TensorBoard's profile plugin "
+              "or its trace.json.gz in ui.perfetto.dev)", file=sys.stderr)
     _sheet(images, ["source"] + [f"{k}. {t}" for k, t in enumerate(args.instructions, 1)],
            os.path.join(args.out, "contact_sheet.png"))
     first, later = secs[0], secs[1:]
@@ -302,6 +311,8 @@ def parse_args(argv):
     ap.add_argument("--vae", default="", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")
     ap.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (only our files replaced)")
+    ap.add_argument("--profile", action="store_true",
+                    help="batch mode: a jax.profiler trace of turns 2 onwards (turn 1 compiles) in OUT/profile")
     g = ap.add_argument_group("MCIE (--method mcie; defaults from mcie.MCIESettings)")
     for flag, field, kind, what in MCIE_FLAGS:
         default = getattr(MCIE_DEFAULTS, field)
@@ -314,6 +325,9 @@ def parse_args(argv):
             ap.error(f"{flag} must be >= 1, got {v}")
     if args.shift is not None and args.shift <= 0:
         ap.error(f"--shift must be > 0, got {args.shift}")
+    if args.profile and (args.interactive or len(args.instructions) < 2):
+        ap.error("--profile traces the batch turns after the first (which compiles): give 2 or more "
+                 "--instructions, without --interactive")
     given = [flag for flag, field, _, _ in MCIE_FLAGS if getattr(args, field) is not None]
     if args.method != "mcie" and given:
         ap.error(f"{given[0]} is an MCIE option; add --method mcie")

@@ -15,6 +15,7 @@ from PIL import Image
 
 from anchoredit_jax import edit
 from anchoredit_jax.data.shapes_edit import generate_sequence
+from runs import traced_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ = generate_sequence(3, 3, 64, split="heldout_seeds")
@@ -285,3 +286,19 @@ def test_consistency_sampler_from_the_cli(ckpt, source_png, batch_runs, tmp_path
     for name in ("turn_01.png", "turn_03.png"):
         assert _read(os.path.join(outs[0], name)) == _read(os.path.join(outs[1], name))
     assert _read(os.path.join(outs[0], "turn_01.png")) != _read(os.path.join(batch_runs[0], "turn_01.png"))
+
+
+def test_profile_traces_the_turns_after_the_first(ckpt, source_png, batch_runs, tmp_path, capsys):
+    """--profile: turns 2 and 3 in OUT/profile, the same bytes as without it; refused where it cannot apply."""
+    out = tmp_path / "p"
+    rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", out, "--profile",
+                      "--instructions", *SEQ.instructions)
+    assert rc == 0, err
+    assert traced_steps(out, "turn") == [[2, 3]] and "profile of turns 2-3" in err
+    for name in ("turn_01.png", "turn_03.png"):
+        assert _read(out / name) == _read(os.path.join(batch_runs[0], name))
+    for argv in (["--instructions", "add a hat"], ["--interactive"]):
+        rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", tmp_path / "q", "--profile",
+                          *argv)
+        assert rc == 2 and "--profile traces the batch turns after the first" in err
+    assert not (tmp_path / "q").exists()
