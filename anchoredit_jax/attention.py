@@ -15,7 +15,9 @@ Layout: q/k/v are [B, T, H, D] (batch, tokens, heads, head_dim), as `jax.nn.dot_
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 from typing import Sequence
 
 import jax
@@ -61,6 +63,13 @@ def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, backend: str =
     if kv_lengths is not None:
         kv_lengths = kv_lengths.astype(jnp.int32)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths, implementation=impl)
+
+
+def cudnn_attention_calls(hlo_text: str) -> dict[str, int]:
+    """cuDNN fused-attention custom calls in compiled HLO text (`jax.jit(f).lower(...).compile().as_text()`),
+    counted by target, e.g. {"__cudnn$fmhaSoftmax": 24, "__cudnn$fmhaSoftmaxBackward": 24}. The check that
+    a GPU step's attention really is cuDNN's: empty means XLA's ran (5-8x slower on an H100)."""
+    return dict(collections.Counter(re.findall(r'custom_call_target="(__cudnn\$fmha[^"]*)"', hlo_text)))
 
 
 def attention_weights(q, k, *, kv_lengths=None):

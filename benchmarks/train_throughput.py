@@ -15,8 +15,9 @@ at 1 and AdamW on float32 master weights, compute in --dtype; random weights and
 Both start from the same weights (JAX init, exported with interop.to_state_dict; turn_stride 1 so
 that RoPE's frame positions are diffusers' own) and print their first loss: equal to float32
 tolerance in bidirectional mode, the check that both time the same computation. Warm-up/compile
-steps are excluded; the median of --steps timed steps is reported. MFU uses one
-FLOP count for both (metrics.dit_forward_flops x 3 for forward + backward, full attention: every
+steps are excluded; the median of --steps timed steps is reported. The JAX side also prints the
+cuDNN fused-attention calls in its compiled step (forward and backward; a warning on a GPU if
+none). MFU uses one FLOP count for both (metrics.dit_forward_flops x 3 for forward + backward, full attention: every
 frame attends F frames; block_causal counts (F + 1) / 2) against the device's peak, where known.
 On one GPU both sides run in one process, one after the other (JAX's preallocation is turned off);
 where memory is tight, time them in two runs with --skip torch / --skip jax.
@@ -42,6 +43,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 
 from anchoredit_jax import flow, interop, metrics  # noqa: E402
+from anchoredit_jax.attention import cudnn_attention_calls  # noqa: E402
 from anchoredit_jax.config_lib import load_config, model_config  # noqa: E402
 from anchoredit_jax.model import REMAT_POLICIES, WanDiT, init_params  # noqa: E402
 
@@ -84,7 +86,13 @@ def jax_step_seconds(mcfg, args, inputs, params) -> tuple[float, float]:
         return optax.apply_updates(p, updates), opt, loss
 
     state = {"p": jax.device_put(params), "opt": tx.init(params)}
-    step = jax.jit(step, donate_argnums=(0, 1))
+    step = jax.jit(step, donate_argnums=(0, 1)).lower(state["p"], state["opt"]).compile()  # compiled once, run as is
+    calls = cudnn_attention_calls(step.as_text())
+    print("   jax attention in the compiled step: " + (", ".join(f"{n} {k}" for k, n in sorted(calls.items()))
+          if calls else "XLA (no cuDNN fused calls)"), flush=True)
+    if jax.default_backend() == "gpu" and not calls:
+        print("   WARNING: no cuDNN attention on a GPU: XLA's is 5-8x slower (check --dtype and the preset's "
+              "attention_backend)", flush=True)
     out = {}
 
     def run():

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anchoredit_jax.attention import FrameLayout, frame_attention
+from anchoredit_jax.attention import FrameLayout, cudnn_attention_calls, dot_product_attention, frame_attention
 from anchoredit_jax.model import DiTConfig, WanDiT, init_params
 
 TOL = 2e-5
@@ -134,3 +134,16 @@ def test_bad_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="backend"):
         from anchoredit_jax.attention import resolve_backend
         resolve_backend("flash", jnp.float32)
+
+
+def test_cudnn_attention_calls_are_counted_by_target():
+    """The GPU check of train_throughput.py: cuDNN's fused attention is a custom call in compiled HLO."""
+    line = ('  custom-call.{i} = (bf16[4,4,1024,64]{{3,1,2,0}}, f32[4,4,1024]{{2,1,0}}) custom-call(Arg_0.1, Arg_1.2), '
+            'custom_call_target="{t}", api_version=API_VERSION_STATUS_RETURNING\n')
+    text = "".join(line.format(i=i, t=t) for i, t in enumerate(
+        ["__cudnn$fmhaSoftmax"] * 3 + ["__cudnn$fmhaSoftmaxBackward"] * 2 + ["__cublas$gemm", "__cudnn$convForward"]))
+    assert cudnn_attention_calls(text) == {"__cudnn$fmhaSoftmax": 3, "__cudnn$fmhaSoftmaxBackward": 2}
+    # on this CPU the same model step compiles to XLA's attention: no fused calls
+    q = jnp.ones((1, 8, 2, 16), jnp.float32)
+    hlo = jax.jit(lambda q: dot_product_attention(q, q, q)).lower(q).compile().as_text()
+    assert cudnn_attention_calls(hlo) == {}
