@@ -58,7 +58,7 @@ from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.images import resolution_hw
-from anchoredit_jax.edit_session import MCIE_DEFAULTS, MCIE_FLAGS, METHODS, EditError, Session, mcie_settings
+from anchoredit_jax.edit_session import MCIE_DEFAULTS, MCIE_FLAGS, METHODS, EditError, Session, check_options
 
 NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
@@ -320,25 +320,13 @@ def parse_args(argv):
         g.add_argument(flag, type=kind, default=None, nargs=2 if pair else None, metavar=("LO", "HI") if pair else None,
                        help=f"{what} (default {default})")
     args = ap.parse_args(argv)
-    for flag, v in (("--window", args.window), ("--steps", args.steps)):
-        if v is not None and v < 1:
-            ap.error(f"{flag} must be >= 1, got {v}")
-    if args.shift is not None and args.shift <= 0:
-        ap.error(f"--shift must be > 0, got {args.shift}")
     if args.profile and (args.interactive or len(args.instructions) < 2):
         ap.error("--profile traces the batch turns after the first (which compiles): give 2 or more "
                  "--instructions, without --interactive")
-    given = [flag for flag, field, _, _ in MCIE_FLAGS if getattr(args, field) is not None]
-    if args.method != "mcie" and given:
-        ap.error(f"{given[0]} is an MCIE option; add --method mcie")
-    if args.method == "mcie":
-        if args.sampler is not None and args.sampler not in mcie.SOLVERS:
-            ap.error(f"--method mcie inverts with an ODE solver: --sampler must be one of {', '.join(mcie.SOLVERS)}, "
-                     f"got {args.sampler!r}")
-        try:
-            mcie_settings(args, guidance=1.0, shift=1.0)
-        except ValueError as e:
-            ap.error(str(e))
+    try:
+        check_options(args)
+    except ValueError as e:
+        ap.error(str(e))
     return args
 
 

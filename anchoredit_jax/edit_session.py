@@ -1,6 +1,7 @@
 """The edit CLI's model side: a checkpoint loaded and checked against its config, the encoders, and
-the compiled turn (`Session`), for AnchorEdit or MCIE. `anchoredit_jax.edit` is the CLI around it;
-`anchoredit_jax.evaluate` loads checkpoints the same way.
+the compiled turn (`Session`), for AnchorEdit or MCIE; and `Editor`, the same from Python (also
+`anchoredit_jax.Editor`). `anchoredit_jax.edit` is the CLI around it; `anchoredit_jax.evaluate`
+loads checkpoints the same way.
 """
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import json
 import os
 import sys
 import time
+import types
 import warnings
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
+from PIL import Image
 
-from anchoredit_jax import checkpointing, editor, encoders, mcie, release
+from anchoredit_jax import checkpointing, editor, encoders, mcie, release, sampler
 from anchoredit_jax import model as model_lib
 from anchoredit_jax import text_encoder as te
+from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.images import resolution_hw, to_float, to_uint8
 
 METHODS = ("anchoredit", "mcie")
@@ -53,6 +58,35 @@ def mcie_settings(args, *, guidance: float, shift: float) -> mcie.MCIESettings:
     return dataclasses.replace(MCIE_DEFAULTS, num_steps=args.steps or MCIE_DEFAULTS.num_steps,
                                method=args.sampler or MCIE_DEFAULTS.method, guidance=guidance, shift=shift,
                                **given).validate()
+
+
+# The options `Session` reads, with the CLI's defaults (anchoredit_jax.edit's flags; `Editor`'s keywords)
+OPTIONS = dict(weights="ema", method="anchoredit", window=None, no_anchor=False, steps=None, sampler=None,
+               guidance=None, shift=None, vae="", **{field: None for _, field, _, _ in MCIE_FLAGS})
+
+
+def check_options(o, cli: bool = True) -> None:
+    """ValueError naming the first bad editing option, as a CLI flag (`--window`) or, with cli=False,
+    as an `Editor` keyword (`window`)."""
+    name = (lambda f: "--" + f.replace("_", "-")) if cli else (lambda f: f)
+    for f, allowed in (("weights", ("ema", "params", "best")), ("method", METHODS), ("sampler", sampler.METHODS)):
+        v = getattr(o, f)
+        if v is not None and v not in allowed:
+            raise ValueError(f"{name(f)} must be one of {', '.join(allowed)}, got {v!r}")
+    for f in ("window", "steps"):
+        v = getattr(o, f)
+        if v is not None and v < 1:
+            raise ValueError(f"{name(f)} must be >= 1, got {v}")
+    if o.shift is not None and o.shift <= 0:
+        raise ValueError(f"{name('shift')} must be > 0, got {o.shift}")
+    given = [field for _, field, _, _ in MCIE_FLAGS if getattr(o, field) is not None]
+    if o.method != "mcie" and given:
+        raise ValueError(f"{name(given[0])} is an MCIE option; add " + ("--method mcie" if cli else "method='mcie'"))
+    if o.method == "mcie":
+        if o.sampler is not None and o.sampler not in mcie.SOLVERS:
+            raise ValueError(f"{name('method')} mcie inverts with an ODE solver: {name('sampler')} must be one of "
+                             f"{', '.join(mcie.SOLVERS)}, got {o.sampler!r}")
+        mcie_settings(o, guidance=1.0, shift=1.0)  # ValueError names a bad MCIE value
 
 
 class EditError(Exception):
@@ -181,3 +215,87 @@ class Session:
             timings=dict(load_s=self.load_s, first_turn_s_incl_compile=first, later_turn_median_s=steady,
                          later_turns=len(later), compile_estimate_s=None if steady is None else first - steady),
             **extra)
+
+
+# ----------------------------------------------------------------------------- Python API
+@dataclasses.dataclass(frozen=True)
+class EditState:
+    """Where a multi-turn edit stands; immutable, so keeping one is an undo point and two turns from
+    the same one are two branches. memory: the anchor memory (a device pytree); turn: turns taken;
+    image: uint8 [H, W, 3], the source at turn 0, else the last result."""
+    memory: Any
+    turn: int
+    image: np.ndarray
+
+
+class Editor:
+    """Multi-turn editing from Python: the edit CLI's model, settings and randomness without its files.
+
+        from anchoredit_jax import Editor
+        ed = Editor("weights/shapes_stage3")   # a release folder or a training workdir; options as
+                                               # the CLI's flags: window=4, steps=..., method="mcie", ...
+        images = ed.edit("in.png", ["add a red hat", "make the background blue"])  # uint8 [H, W, 3] a turn
+        s0 = ed.start(image)                   # or turn by turn, branching at will:
+        s1 = ed.turn(s0, "add a red hat"); s1.image
+
+    `edit(image, instructions, seed)` gives the same pixels as `python -m anchoredit_jax.edit` with
+    the same checkpoint, options and --seed; turn k of any branch draws its noise from (seed, k).
+    An image is a path, a PIL image or a uint8 array ([H, W], [H, W, 3] or [H, W, 4]), put to the
+    model resolution by the CLI's policy (alpha over white, cover-resize, centre crop).
+    Bad options raise ValueError/TypeError; a bad image, instruction or checkpoint raises EditError.
+    """
+
+    def __init__(self, checkpoint: str, **options):
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"Editor got unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+        args = types.SimpleNamespace(checkpoint=checkpoint, **{**OPTIONS, **options})
+        check_options(args, cli=False)
+        self.session = Session(args)
+        self.resolution = resolution_hw(self.session.config.data.resolution)
+
+    def prepare(self, image) -> np.ndarray:
+        """path | PIL image | uint8 array -> uint8 [H, W, 3] at the model resolution."""
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                img = jsonl.decode_image(os.fspath(image), "Editor", "input")
+            except jsonl.DataFormatError as e:
+                raise EditError(str(e)) from None
+        else:
+            if isinstance(image, np.ndarray):
+                channels = image.shape[2] if image.ndim == 3 else None  # [H, W]: grey
+                if image.dtype != np.uint8 or image.ndim not in (2, 3) or channels not in (None, 3, 4):
+                    raise EditError(f"an image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], got {image.dtype} "
+                                    f"{list(image.shape)}")
+                image = Image.fromarray(image)
+            if not isinstance(image, Image.Image):
+                raise EditError(f"an image is a path, a PIL image or a uint8 array, got {type(image).__name__}")
+            try:
+                jsonl.check_mode(image, "the input image")
+            except jsonl.DataFormatError as e:
+                raise EditError(str(e)) from None
+            img = jsonl.to_rgb(image)
+        return jsonl.fit_image(img, self.resolution, mask=False)
+
+    def start(self, image) -> EditState:
+        source = self.prepare(image)
+        return EditState(self.session.start(source), 0, source)
+
+    def turn(self, state: EditState, instruction: str, seed: int = 0) -> EditState:
+        """One turn from `state` (left as it was) -> the state after it."""
+        if not isinstance(instruction, str) or te.is_null_instruction(instruction):
+            raise EditError(f"instruction {state.turn + 1} is empty or not a string ({instruction!r}); an empty one "
+                            "is the unconditional one: use a no-op phrase like 'keep the image as it is'")
+        text, mask = self.session.embed([instruction])
+        image, mem, _ = self.session.run_turn(state.memory, text, mask, state.turn + 1, seed)
+        return EditState(mem, state.turn + 1, image)
+
+    def edit(self, image, instructions: list[str], seed: int = 0) -> list[np.ndarray]:
+        """The source, then one turn per instruction -> the images of turns 1..K, uint8 [H, W, 3] each."""
+        if isinstance(instructions, str):
+            raise EditError("instructions is a list of strings, one per turn, not a string")
+        state, images = self.start(image), []
+        for instruction in instructions:
+            state = self.turn(state, instruction, seed)
+            images.append(state.image)
+        return images

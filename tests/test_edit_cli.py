@@ -302,3 +302,34 @@ def test_profile_traces_the_turns_after_the_first(ckpt, source_png, batch_runs, 
                           *argv)
         assert rc == 2 and "--profile traces the batch turns after the first" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_python_editor_matches_the_cli_and_branches(ckpt, source_png, batch_runs):
+    """anchoredit_jax.Editor: the CLI's pixels for the same checkpoint and seed; states branch and replay."""
+    from anchoredit_jax import EditError, Editor
+    ed = Editor(ckpt)
+    cli = [np.asarray(Image.open(os.path.join(batch_runs[0], f"turn_{k:02d}.png"))) for k in (1, 2, 3)]
+    images = ed.edit(source_png, SEQ.instructions)
+    assert len(images) == 3 and all(np.array_equal(a, b) for a, b in zip(images, cli))
+    s0 = ed.start(Image.open(source_png))  # a PIL image, as the path
+    s1 = ed.turn(s0, SEQ.instructions[0])
+    other = ed.turn(s1, "add a small red star")  # a branch at turn 1
+    again = ed.turn(s1, SEQ.instructions[1])  # s1 is untouched by the branch
+    assert np.array_equal(s1.image, cli[0]) and np.array_equal(again.image, cli[1]) and again.turn == 2
+    assert not np.array_equal(other.image, again.image)
+    rgba = np.dstack([SEQ.source, np.full(SEQ.source.shape[:2], 255, np.uint8)])  # opaque alpha: same source
+    assert np.array_equal(ed.start(rgba).image, s0.image)
+    bad = {"float array": lambda: ed.start(SEQ.source.astype(np.float32)),
+           "empty instruction": lambda: ed.turn(s1, "  "),
+           "a string for the list": lambda: ed.edit(SEQ.source, "add a hat"),
+           "missing file": lambda: ed.start("/nonexistent.png")}
+    for name, call in bad.items():
+        with pytest.raises(EditError):
+            call()
+            print(f"no error: {name}")
+    with pytest.raises(TypeError, match="unknown option.*windw"):
+        Editor(ckpt, windw=2)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        Editor(ckpt, window=0)
+    with pytest.raises(ValueError, match="gamma is an MCIE option; add method='mcie'"):
+        Editor(ckpt, gamma=0.5)

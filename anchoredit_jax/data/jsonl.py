@@ -104,10 +104,28 @@ def open_image(ref: ImageRef, where: str, what: str) -> Image.Image:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for unreadable files
         raise DataFormatError(f"{where}: {what} image {_ref_name(ref)} cannot be read ({type(e).__name__}: {e})") from e
-    if img.mode not in _OK_MODES:
-        raise DataFormatError(f"{where}: {what} image {_ref_name(ref)} has unsupported mode {img.mode} "
-                              "(16-bit, float, CMYK and other colour spaces are rejected; convert to 8-bit RGB)")
+    check_mode(img, f"{where}: {what} image {_ref_name(ref)}")
     return img
+
+
+def check_mode(img: Image.Image, name: str) -> None:
+    """DataFormatError naming `name` unless the mode policy (module docstring) accepts img.mode."""
+    if img.mode not in _OK_MODES:
+        raise DataFormatError(f"{name} has unsupported mode {img.mode} "
+                              "(16-bit, float, CMYK and other colour spaces are rejected; convert to 8-bit RGB)")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image of an accepted mode as 8-bit RGB: grey replicated, palette expanded, alpha
+    (RGBA, LA, P with transparency) composited over white."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out.alpha_composite(rgba)
+        return out.convert("RGB")
+    return img.convert("RGB")
 
 
 def decode_image(ref: ImageRef, where: str, what: str, mask: bool = False) -> Image.Image:
@@ -115,16 +133,7 @@ def decode_image(ref: ImageRef, where: str, what: str, mask: bool = False) -> Im
     img = open_image(ref, where, what)
     try:
         img.load()
-        if mask:
-            return img.convert("L")
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        if img.mode in _ALPHA_MODES:
-            rgba = img.convert("RGBA")
-            out = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            out.alpha_composite(rgba)
-            return out.convert("RGB")
-        return img.convert("RGB")
+        return img.convert("L") if mask else to_rgb(img)
     except Exception as e:  # noqa: BLE001 - truncated / corrupt data shows up only on decode
         raise DataFormatError(f"{where}: {what} image {_ref_name(ref)} is corrupt ({type(e).__name__}: {e})") from e
 
