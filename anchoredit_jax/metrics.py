@@ -118,9 +118,13 @@ class StepProfiler:
     def close(self, state=None) -> None:
         if not self.active:
             return
-        if state is not None:
-            jax.block_until_ready(state)  # dispatch is asynchronous: the trace must see the steps run
-        jax.profiler.stop_trace()
+        try:
+            if state is not None:
+                jax.block_until_ready(state)  # dispatch is asynchronous: the trace must see the steps run
+        except Exception:  # noqa: BLE001 - a failed step (buffers donated or lost): its error, not this, is raised
+            pass
+        finally:
+            jax.profiler.stop_trace()
         self.active = False
         logging.info("profile of steps %d-%d in %s (tensorboard --logdir %s with tensorboard-plugin-profile, "
                      "or its trace.json.gz in ui.perfetto.dev)", self.first, self.first + self.num - 1,
