@@ -11,6 +11,10 @@ Every metric comes as values [K, B] plus validity [K, B]; a value counts only wh
   source; valid where such pixels remain and every mask so far is known.
 - edit_psnr, edit_mae: inside turn k's edit mask, vs the target (edit success); valid where the
   mask is known and non-empty (a no-op has nothing to succeed at).
+- kept_psnr, kept_mae: on the pixels earlier turns edited and turn k did not, vs turn k's target:
+  whether earlier edits stay done (an object removed or moved and later drawn back from the
+  anchor or the window shows here, not in identity or edit success); valid where every mask so
+  far is known and such pixels exist.
 - l1, l2: mean absolute / squared error on [0, 1] vs the target (MagicBrush's L1, L2).
 
 With feature networks (`feature_nets.py`, user-supplied weights; `feature_metrics`), cosine
@@ -31,7 +35,7 @@ import numpy as np
 
 PSNR_CAP = 100.0
 METRICS = ("psnr", "ssim", "lpips", "source_psnr", "source_lpips", "identity_psnr", "identity_mae",
-           "edit_psnr", "edit_mae", "l1", "l2")
+           "edit_psnr", "edit_mae", "kept_psnr", "kept_mae", "l1", "l2")
 FEATURE_METRICS = ("clip_i", "clip_t", "dino", "source_clip_i", "source_dino")
 HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae") or m in ("l1", "l2"))
                     for m in METRICS + FEATURE_METRICS}
@@ -88,18 +92,23 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
     # Pixels untouched by every edit so far; an unknown mask makes the rest unknown too.
     untouched = jnp.cumprod(~masks, axis=0).astype(bool)
     known = jnp.cumprod(has_mask, axis=0).astype(bool)
+    # Pixels an earlier turn edited and this one does not: they must keep the earlier edits.
+    earlier = ~jnp.concatenate([jnp.ones_like(untouched[:1]), untouched[:-1]], axis=0) & ~masks
     id_psnr, id_mae, id_n = masked_errors(images, src, untouched)
     ed_psnr, ed_mae, ed_n = masked_errors(images, targets, masks)
+    kp_psnr, kp_mae, kp_n = masked_errors(images, targets, earlier)
     d = _unit(images) - _unit(targets)
     tgt = has_target & exists
     ident = known & (id_n > 0) & exists
     edit = has_mask & tgt & (ed_n > 0)
+    kept = known & tgt & (kp_n > 0)
     return {
         "psnr": (psnr(images, targets), tgt), "ssim": (ssim(images, targets), tgt),
         "lpips": (lp(images, targets), tgt),
         "source_psnr": (psnr(images, src), exists), "source_lpips": (lp(images, src), exists),
         "identity_psnr": (id_psnr, ident), "identity_mae": (id_mae, ident),
         "edit_psnr": (ed_psnr, edit), "edit_mae": (ed_mae, edit),
+        "kept_psnr": (kp_psnr, kept), "kept_mae": (kp_mae, kept),
         "l1": (jnp.mean(jnp.abs(d), (-3, -2, -1)), tgt), "l2": (jnp.mean(jnp.square(d), (-3, -2, -1)), tgt),
     }
 

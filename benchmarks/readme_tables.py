@@ -22,8 +22,8 @@ import sys
 
 import numpy as np
 
-DIGITS = {"psnr": 2, "edit_psnr": 2, "identity_psnr": 2, "source_psnr": 2, "ssim": 3, "lpips": 3,
-          "source_lpips": 3, "edit_mae": 3, "identity_mae": 3}
+DIGITS = {"psnr": 2, "edit_psnr": 2, "identity_psnr": 2, "kept_psnr": 2, "source_psnr": 2, "ssim": 3, "lpips": 3,
+          "source_lpips": 3, "edit_mae": 3, "identity_mae": 3, "kept_mae": 3}
 
 
 def table(rows: list[dict], protocol: str, metrics: list[str], turns: list[int]) -> str:

@@ -268,6 +268,26 @@ def test_identity_and_edit_success_use_the_masks():
     assert not m3["identity_psnr"][1].any() and not m3["edit_psnr"][1].any()
 
 
+def test_kept_edits_catch_an_edit_undone_later():
+    """Turn 1 edits rows 0-1, turn 2 columns 0-1. An output that gets turn 2 right but draws rows 0-1
+    back as the source had them (an earlier edit undone, as an anchor can pull it back) is perfect on
+    identity and edit success and fails on kept edits; the ground truth itself is perfect there too."""
+    rng = np.random.default_rng(2)
+    src = jnp.asarray(rng.uniform(-1, 1, (1, 8, 8, 3)), jnp.float32)
+    masks = np.zeros((2, 1, 8, 8), bool)
+    masks[0, 0, :2], masks[1, 0, :, :2] = True, True
+    tgt = jnp.stack([src.at[:, :2].set(0.5), src.at[:, :2].set(0.5).at[:, :, :2].set(-0.5)])
+    m = _metrics(tgt, tgt, src, jnp.asarray(masks))
+    assert not m["kept_psnr"][1][0].any() and m["kept_psnr"][1][1].all()  # turn 1 has no earlier edit
+    assert np.allclose(m["kept_psnr"][0][1], eval_metrics.PSNR_CAP)
+    undone = tgt.at[1, :, :2, 2:].set(src[:, :2, 2:])  # rows 0-1 (outside turn 2's columns) back to the source
+    m2 = _metrics(undone, tgt, src, jnp.asarray(masks))
+    assert np.allclose(m2["identity_psnr"][0], eval_metrics.PSNR_CAP)
+    np.testing.assert_allclose(m2["edit_mae"][0], m["edit_mae"][0])
+    expected = float(jnp.mean(jnp.abs(src[:, :2, 2:] - 0.5))) / 2  # MAE on [0, 1]
+    np.testing.assert_allclose(m2["kept_mae"][0][1], expected, rtol=1e-5)
+
+
 def test_aggregate_counts_only_valid():
     mean, n = eval_metrics.aggregate(np.array([[1.0, 5.0], [3.0, np.inf]]), np.array([[True, False], [True, False]]))
     assert mean[0] == 2.0 and np.isnan(mean[1]) and list(n) == [2, 0]
