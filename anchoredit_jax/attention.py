@@ -46,13 +46,14 @@ def resolve_backend(backend: str, dtype) -> str:
     return backend
 
 
-def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, backend: str = "auto"):
+def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, bias=None, backend: str = "auto"):
     """Scaled dot-product attention (scale 1/sqrt(D)).
 
     Args:
       q: [B, Tq, H, D]; k, v: [B, Tk, H, D].
       kv_lengths: optional [B] int32: only keys [0, kv_lengths[b]) are attended (padding at the end).
       mask: optional bool, broadcastable to [B, H, Tq, Tk] (True = attend). XLA backend only.
+      bias: optional float, broadcastable to [B, H, Tq, Tk], added to the logits (the anchor weight).
       backend: "auto" | "xla" | "cudnn".
     Returns: [B, Tq, H, D] in q's dtype.
     """
@@ -62,7 +63,10 @@ def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, backend: str =
                          "use attention_strategy='loop'")
     if kv_lengths is not None:
         kv_lengths = kv_lengths.astype(jnp.int32)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, key_value_seq_lengths=kv_lengths, implementation=impl)
+    if bias is not None:
+        bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, key_value_seq_lengths=kv_lengths,
+                                        implementation=impl)
 
 
 def cudnn_attention_calls(hlo_text: str) -> dict[str, int]:
@@ -145,7 +149,7 @@ def _runs(frames: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extra_k=None, extra_v=None,
-                    extra_lengths=None, backend: str = "auto", strategy: str = "loop"):
+                    extra_lengths=None, extra_bias=None, backend: str = "auto", strategy: str = "loop"):
     """Self-attention over F frames of N tokens each, following `layout`.
 
     Args:
@@ -154,6 +158,8 @@ def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extr
       tokens_per_frame: N.
       extra_k, extra_v: optional [B, M, H, D] keys/values every frame also sees (the anchor memory),
         valid on a prefix of length extra_lengths [B] (int32).
+      extra_bias: optional [B, M] float added to the logits of the memory keys (0: as they are; log a
+        weighs a key's softmax share by a before normalising: the anchor weight).
     Returns: [B, F*N, H, D].
     """
     if strategy not in STRATEGIES:
@@ -176,7 +182,10 @@ def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extr
                                     jnp.broadcast_to(extra_mask, (b, 1, t, m))], axis=-1)
             k = jnp.concatenate([k, extra_k], axis=1)
             v = jnp.concatenate([v, extra_v], axis=1)
-        return dot_product_attention(q, k, v, mask=mask, backend=backend)
+        bias = None
+        if extra_bias is not None:
+            bias = jnp.concatenate([jnp.zeros((b, t), extra_bias.dtype), extra_bias], -1)[:, None, None, :]
+        return dot_product_attention(q, k, v, mask=mask, bias=bias, backend=backend)
 
     # "loop": one call per query frame over static key slices; own keys first, memory after, so
     # that validity is a per-row key length (what cuDNN takes natively).
@@ -186,12 +195,15 @@ def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extr
         ks = [k[:, a * n:z * n] for a, z in runs]
         vs = [v[:, a * n:z * n] for a, z in runs]
         own = sum(z - a for a, z in runs) * n
-        lengths = None
+        lengths, bias = None, None
         if has_extra:
             ks.append(extra_k)
             vs.append(extra_v)
             lengths = own + extra_lengths
+            if extra_bias is not None:
+                bias = jnp.concatenate([jnp.zeros((b, own), extra_bias.dtype), extra_bias], -1)[:, None, None, :]
         kf = ks[0] if len(ks) == 1 else jnp.concatenate(ks, axis=1)
         vf = vs[0] if len(vs) == 1 else jnp.concatenate(vs, axis=1)
-        outs.append(dot_product_attention(q[:, f * n:(f + 1) * n], kf, vf, kv_lengths=lengths, backend=backend))
+        outs.append(dot_product_attention(q[:, f * n:(f + 1) * n], kf, vf, kv_lengths=lengths, bias=bias,
+                                          backend=backend))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -307,6 +307,9 @@ def parse_args(argv):
                          f"(an ODE solver: {', '.join(mcie.SOLVERS)})")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     ap.add_argument("--shift", type=float, default=None, help="timestep shift")
+    ap.add_argument("--anchor-weight", type=float, default=None,
+                    help="the anchor's share of attention, weighed (1: as trained; 0.5 keeps earlier edits "
+                         "better and the subject a little less, README 'Do earlier edits stay done?')")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", default="", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import os
 import sys
 import time
@@ -99,21 +100,33 @@ def method_grid(args) -> tuple[list[str], list[int | None], list[str | None]]:
     return presets, steps, samplers
 
 
+def anchor_weights(args) -> list[float]:
+    """--anchor-weights "1,0.5" -> [1.0, 0.5] (each > 0; default [1.0]: the memory as trained)."""
+    text = getattr(args, "anchor_weights", None) or "1"
+    try:
+        vals = [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise EvalError(f"--anchor-weights {text!r}: expected comma-separated numbers") from None
+    if not vals or min(vals) <= 0:
+        raise EvalError(f"--anchor-weights {text!r}: each must be > 0")
+    return vals
+
+
 def make_methods(args, vals: dict[str, dict]) -> list[Method]:
     """The grid checkpoints x presets x steps x samplers; vals: checkpoint name -> its config's `val`
     section, which supplies the sampler settings not given on the command line (as in the edit CLI)."""
     presets, steps, samplers = method_grid(args)
+    weights = anchor_weights(args)
     out = []
     for ck, val in vals.items():
-        for p in presets:
-            for n in steps:
-                for s in samplers:
-                    name = f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
-                    settings = editor.SamplerSettings(
-                        num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
-                        guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
-                        shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0))
-                    out.append(Method(name, ck, settings=settings, **parse_preset(p)))
+        for p, n, s, a in itertools.product(presets, steps, samplers, weights):
+            name = (f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
+                    + (f"/a{a:g}" if len(weights) > 1 or a != 1 else ""))
+            settings = editor.SamplerSettings(
+                num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
+                guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
+                shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0), anchor_weight=a)
+            out.append(Method(name, ck, settings=settings, **parse_preset(p)))
     return out
 
 
@@ -302,7 +315,9 @@ def run(args) -> dict:
     names = [s[0] for s in specs]
     if len(set(names)) != len(names):
         raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
-    method_grid(args)  # bad method names and lists fail before the slow loading
+    presets = method_grid(args)[0]  # bad method names and lists fail before the slow loading
+    if anchor_weights(args) != [1.0] and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
+        raise EvalError("--anchor-weights applies to AnchorEdit's memory: leave out mcie and copy methods")
     edit_cli.check_out_dir(args.out, args.overwrite)
     nets = load_feature_nets(args)
     loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
@@ -352,6 +367,8 @@ def parse_args(argv):
                                                     "(default: config val.sampler)")
     ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (default: config val)")
     ap.add_argument("--shift", type=float, default=None, help="timestep shift (default: config val)")
+    ap.add_argument("--anchor-weights", default=None, help="e.g. 1,0.5: the anchor's attention weight (memory.read; "
+                                                           "1 as trained); comma list = one method each")
     ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
                                                       "(jsonl if --jsonl is given)")
     ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")

@@ -18,6 +18,7 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from anchoredit_jax.model import DiTConfig, WanDiT
 
@@ -67,15 +68,25 @@ def query_position(mem: AnchorMemory):
     return (_offset(mem) + n_window).astype(jnp.int32)
 
 
-def read(mem: AnchorMemory) -> dict:
-    """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S]."""
+def read(mem: AnchorMemory, anchor_weight: float = 1.0) -> dict:
+    """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S].
+
+    anchor_weight (static, > 0): 1 reads the memory as trained; w != 1 adds log w to the attention
+    logits of the anchor's keys (a "bias" entry), so the anchor's share of every query's attention
+    is weighed by w before renormalising: below 1 the source counts less against the recent turns.
+    """
+    if not anchor_weight > 0:
+        raise ValueError(f"anchor_weight must be > 0, got {anchor_weight}")
     b, s = mem.valid.shape
     slot = jnp.arange(s, dtype=jnp.int32)
     if mem.keep_anchor:
         pos = jnp.where(slot == 0, 0, slot)  # anchor 0, window slots 1..W
     else:
         pos = slot
-    return {"k": mem.k, "v": mem.v, "positions": jnp.broadcast_to(pos, (b, s)), "valid": mem.valid}
+    out = {"k": mem.k, "v": mem.v, "positions": jnp.broadcast_to(pos, (b, s)), "valid": mem.valid}
+    if mem.keep_anchor and anchor_weight != 1.0:
+        out["bias"] = jnp.broadcast_to(jnp.where(slot == 0, np.log(anchor_weight), 0.0).astype(jnp.float32), (b, s))
+    return out
 
 
 def write(mem: AnchorMemory, k_new, v_new) -> AnchorMemory:

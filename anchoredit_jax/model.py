@@ -270,7 +270,7 @@ class Block(StoredParams, nn.Module):
             s = mk.shape[1]
             mk = apply_rope(mk.reshape(b, s * n, *mk.shape[3:]).astype(dt), *ctx["mem_rope"])
             extra = dict(extra_k=mk, extra_v=mv.reshape(b, s * n, *mv.shape[3:]).astype(dt),
-                         extra_lengths=ctx["mem_lengths"])
+                         extra_lengths=ctx["mem_lengths"], extra_bias=ctx.get("mem_bias"))
         o = frame_attention(q, k, v, self.layout, n, backend=c.attention_backend,
                             strategy=c.attention_strategy, **extra)
         o = attn1.out(o)
@@ -325,7 +325,8 @@ class WanDiT(StoredParams, nn.Module):
           mode: one of MODES.
           clean: teacher_forcing only: [B, K, h, w, C] clean frames at t=0 (same positions and text).
           memory: memory mode only: dict k, v [L, B, S, N, H, hd] (no RoPE), positions [B, S],
-            valid [B, S] (valid slots first).
+            valid [B, S] (valid slots first), optionally bias [B, S]: added to the self-attention
+            logits of each slot's keys (memory.read's anchor weight).
           return_kv: also return {"k", "v"}: [L, B, K, N, H, hd] of the frames in `latents`.
           xattn_scale: optional [B, K, N] per-token scale of the cross-attention probabilities.
           xattn_probe: optional [B, K, L] token weights: also return {"xattn_maps": [L, B, K, N]}.
@@ -392,6 +393,8 @@ class WanDiT(StoredParams, nn.Module):
                 raise ValueError(f"memory holds {memory['k'].shape[3]} tokens per frame, the frames have {n}")
             ctx["mem_rope"] = rope_cos_sin(c, memory["positions"], hp, wp)
             ctx["mem_lengths"] = memory["valid"].astype(jnp.int32).sum(-1) * n
+            if "bias" in memory:  # [B, S] per slot -> [B, S * N] per key
+                ctx["mem_bias"] = jnp.repeat(memory["bias"].astype(jnp.float32), n, axis=-1)
             mem = (memory["k"], memory["v"])
 
         # 3. Blocks, scanned over layers (stacked params, one compiled block).

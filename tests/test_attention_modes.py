@@ -127,6 +127,30 @@ def test_loop_and_dense_strategies_agree_with_memory():
     assert float(jnp.abs(a - b).max()) <= 1e-5
 
 
+def test_memory_bias_weighs_the_memory_keys():
+    """extra_bias: 0 changes nothing; both strategies agree; a very negative bias on every memory key
+    is attention without the memory; log w on some keys is their softmax share times w, renormalised."""
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 6 * 3, 2, 8)), jnp.float32) for _ in range(3))
+    mk, mv = (jnp.asarray(rng.standard_normal((2, 4 * 3, 2, 8)), jnp.float32) for _ in range(2))
+    lengths, layout = jnp.asarray([6, 12]), FrameLayout.block_causal(3)
+    kw = dict(extra_k=mk, extra_v=mv, extra_lengths=lengths)
+    plain = frame_attention(q, k, v, layout, 6, **kw)
+    zero = frame_attention(q, k, v, layout, 6, **kw, extra_bias=jnp.zeros((2, 12)))
+    assert float(jnp.abs(plain - zero).max()) == 0.0
+    bias = jnp.where(jnp.arange(12) < 3, np.log(0.5), 0.0)[None].repeat(2, 0)  # the first slot at weight 0.5
+    a = frame_attention(q, k, v, layout, 6, **kw, extra_bias=bias, strategy="loop")
+    b = frame_attention(q, k, v, layout, 6, **kw, extra_bias=bias, strategy="dense")
+    assert float(jnp.abs(a - b).max()) <= 1e-5 and float(jnp.abs(a - plain).max()) > 1e-3
+    gone = frame_attention(q, k, v, layout, 6, **kw, extra_bias=jnp.full((2, 12), -1e9))
+    assert float(jnp.abs(gone - frame_attention(q, k, v, layout, 6)).max()) <= 1e-5
+    # by hand for frame 0 of example 1 (its own 6 keys, then 12 memory keys), head 0
+    qf, keys = q[1, :6, 0], jnp.concatenate([k[1, :6, 0], mk[1, :, 0]])
+    vals = jnp.concatenate([v[1, :6, 0], mv[1, :, 0]])
+    w = jax.nn.softmax(qf @ keys.T / np.sqrt(8) + jnp.concatenate([jnp.zeros(6), bias[1]]), -1)
+    np.testing.assert_allclose(a[1, :6, 0], w @ vals, atol=1e-5)
+
+
 def test_bad_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="cudnn"):
         from anchoredit_jax.attention import resolve_backend

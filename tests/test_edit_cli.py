@@ -333,3 +333,10 @@ def test_python_editor_matches_the_cli_and_branches(ckpt, source_png, batch_runs
         Editor(ckpt, window=0)
     with pytest.raises(ValueError, match="gamma is an MCIE option; add method='mcie'"):
         Editor(ckpt, gamma=0.5)
+    for bad in (dict(anchor_weight=0.0), dict(anchor_weight=0.5, method="mcie"),
+                dict(anchor_weight=0.5, no_anchor=True)):
+        with pytest.raises(ValueError, match="anchor_weight must be > 0 and weighs AnchorEdit's anchor"):
+            Editor(ckpt, **bad)
+    weighed = Editor(ckpt, anchor_weight=0.5)
+    assert weighed.session.settings.anchor_weight == 0.5
+    assert not np.array_equal(weighed.edit(source_png, SEQ.instructions[:1])[0], cli[0])

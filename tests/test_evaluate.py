@@ -186,6 +186,12 @@ def test_method_registry_and_names():
     m1, _, m3, _ = evaluate.make_methods(args, {"s1": {}, "s3": {"sampler": "consistency", "sample_steps": 4}})
     assert (m1.settings.method, m1.settings.num_steps, m1.settings.guidance) == ("euler", 20, 1.5)
     assert (m3.name, m3.settings.method, m3.settings.num_steps) == ("s3/anchor_w4", "consistency", 4)
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--anchor-weights", "1,0.5"])
+    names = [(m.name, m.settings.anchor_weight) for m in evaluate.make_methods(args, {"s": {}})]
+    assert names == [("s/anchor_w4/a1", 1.0), ("s/anchor_w4/a0.5", 0.5), ("s/naive/a1", 1.0), ("s/naive/a0.5", 0.5)]
+    for bad in ("0", "x"):
+        with pytest.raises(evaluate.EvalError, match="--anchor-weights"):
+            evaluate.anchor_weights(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--anchor-weights", bad]))
     assert evaluate.parse_checkpoint("a=runs/x@params", "ema") == ("a", "runs/x", "params")
     assert evaluate.parse_checkpoint("runs/stage1/", "best") == ("stage1", "runs/stage1/", "best")
     assert set(evaluate.METHODS) >= {"anchoredit"}

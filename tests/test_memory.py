@@ -75,6 +75,30 @@ def test_positions_and_eviction():
         assert bool(mem.valid.all()) and int(mem.count) == 7
 
 
+def test_anchor_weight_biases_only_the_anchor_slot(setup):
+    """memory.read: weight 1 reads the memory as trained (no bias); w adds log w to the anchor slot
+    only, and nothing without an anchor; a turn at weight 1 equals the default turn bit for bit."""
+    model, params, null_text, null_mask = setup
+    cfg = model.config
+    mem = mem_lib.init_memory(cfg, B, (H, W), window=2)
+    assert "bias" not in mem_lib.read(mem, 1.0)
+    bias = mem_lib.read(mem, 0.25)["bias"]
+    np.testing.assert_allclose(bias, np.broadcast_to([np.log(0.25), 0.0, 0.0], (B, 3)), rtol=1e-6)
+    assert "bias" not in mem_lib.read(mem_lib.init_memory(cfg, B, (H, W), window=2, keep_anchor=False), 0.25)
+    with pytest.raises(ValueError, match="anchor_weight must be > 0"):
+        mem_lib.read(mem, 0.0)
+    rng = np.random.default_rng(3)
+    src = jnp.asarray(rng.standard_normal((B, H, W, C)), jnp.float32)
+    text, mask = (x[0] for x in _texts(rng, 1))
+    m = editor.start(model, params, src, null_text, null_mask, window=2)
+    def turn(settings):
+        return editor.edit_turn(model, settings, params, m, text, mask, null_text, null_mask, jax.random.key(0))[0]
+
+    base = turn(editor.SamplerSettings(num_steps=2))
+    weighed = lambda w: turn(editor.SamplerSettings(num_steps=2, anchor_weight=w))  # noqa: E731
+    assert float(jnp.abs(weighed(1.0) - base).max()) == 0.0 and float(jnp.abs(weighed(0.25) - base).max()) > 1e-4
+
+
 def test_fixed_size_and_one_compilation_over_30_turns(setup):
     model, params, null_text, null_mask = setup
     rng = np.random.default_rng(2)
