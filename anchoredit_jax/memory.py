@@ -74,6 +74,7 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0) -> dict:
     anchor_weight (static, > 0): 1 reads the memory as trained; w != 1 adds log w to the attention
     logits of the anchor's keys (a "bias" entry), so the anchor's share of every query's attention
     is weighed by w before renormalising: below 1 the source counts less against the recent turns.
+    (On a GPU that bias goes to cuDNN's attention with the key lengths; not yet run on one.)
     """
     if not anchor_weight > 0:
         raise ValueError(f"anchor_weight must be > 0, got {anchor_weight}")

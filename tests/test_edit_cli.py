@@ -73,6 +73,7 @@ def test_batch_outputs_and_log(batch_runs):
     assert [t["image"] for t in log["turns"]] == names[1:]
     assert log["seed"] == 0 and log["step"] == 2 and log["settings"]["window"] == 4 and log["settings"]["anchor"]
     assert log["settings"]["steps"] == 4 and log["settings"]["sampler"] == "euler"  # from the config's val section
+    assert log["settings"]["anchor_weight"] == 1.0  # the memory as trained
     assert log["turn_fn_cache_size"] == 1  # one compiled program for all turns
     t = log["timings"]
     assert t["first_turn_s_incl_compile"] > 0 and t["later_turns"] == 2 and t["later_turn_median_s"] > 0
@@ -105,7 +106,8 @@ def test_odd_rgba_image_options_and_long_instruction(ckpt, tmp_path, capsys):
         assert Image.open(out / f"turn_{k:02d}.png").size == (64, 64)
     log = json.loads((out / "log.json").read_text())
     assert log["input_image"] == {"size": [37, 23], "mode": "RGBA"}
-    assert log["settings"] == dict(window=2, anchor=False, steps=2, sampler="midpoint", guidance=2.0, shift=2.0)
+    assert log["settings"] == dict(window=2, anchor=False, steps=2, sampler="midpoint", guidance=2.0, shift=2.0,
+                                   anchor_weight=None)  # no anchor to weigh
     assert log["seed"] == 5 and log["weights"] == "params" and len(log["turns"]) == 3
     assert len(log["warnings"]) == 1 and log["turn_fn_cache_size"] == 1
 
@@ -233,7 +235,8 @@ def test_mcie_batch_same_seed_same_bytes_and_log(ckpt, source_png, tmp_path, cap
     log = json.loads((outs[0] / "log.json").read_text())
     assert log["method"] == "mcie" and log["turn_fn_cache_size"] == 1 and len(log["turns"]) == 2
     # MCIE alone: previous frame only; the paper's solver; guidance from the config
-    assert log["settings"] == dict(window=1, anchor=False, steps=2, sampler="fireflow", guidance=3.0, shift=1.0)
+    assert log["settings"] == dict(window=1, anchor=False, steps=2, sampler="fireflow", guidance=3.0, shift=1.0,
+                                   anchor_weight=None)
     assert log["mcie"]["gamma"] == 0.5 and log["mcie"]["eta"] == 0.9 and log["mcie"]["lam"] == 0.7
     # differs from AnchorEdit with the same seed
     rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", tmp_path / "ae", "--steps", 2,
