@@ -148,6 +148,14 @@ def _runs(frames: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def _keys_bias(extra_bias, own: int):
+    """Memory bias [B, M] -> logit bias [B, 1, 1, own + M] over (own keys, memory keys); None stays None."""
+    if extra_bias is None:
+        return None
+    zeros = jnp.zeros((extra_bias.shape[0], own), extra_bias.dtype)
+    return jnp.concatenate([zeros, extra_bias], -1)[:, None, None, :]
+
+
 def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extra_k=None, extra_v=None,
                     extra_lengths=None, extra_bias=None, backend: str = "auto", strategy: str = "loop"):
     """Self-attention over F frames of N tokens each, following `layout`.
@@ -182,10 +190,7 @@ def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extr
                                     jnp.broadcast_to(extra_mask, (b, 1, t, m))], axis=-1)
             k = jnp.concatenate([k, extra_k], axis=1)
             v = jnp.concatenate([v, extra_v], axis=1)
-        bias = None
-        if extra_bias is not None:
-            bias = jnp.concatenate([jnp.zeros((b, t), extra_bias.dtype), extra_bias], -1)[:, None, None, :]
-        return dot_product_attention(q, k, v, mask=mask, bias=bias, backend=backend)
+        return dot_product_attention(q, k, v, mask=mask, bias=_keys_bias(extra_bias, t), backend=backend)
 
     # "loop": one call per query frame over static key slices; own keys first, memory after, so
     # that validity is a per-row key length (what cuDNN takes natively).
@@ -199,9 +204,7 @@ def frame_attention(q, k, v, layout: FrameLayout, tokens_per_frame: int, *, extr
         if has_extra:
             ks.append(extra_k)
             vs.append(extra_v)
-            lengths = own + extra_lengths
-            if extra_bias is not None:
-                bias = jnp.concatenate([jnp.zeros((b, own), extra_bias.dtype), extra_bias], -1)[:, None, None, :]
+            lengths, bias = own + extra_lengths, _keys_bias(extra_bias, own)
         kf = ks[0] if len(ks) == 1 else jnp.concatenate(ks, axis=1)
         vf = vs[0] if len(vs) == 1 else jnp.concatenate(vs, axis=1)
         outs.append(dot_product_attention(q[:, f * n:(f + 1) * n], kf, vf, kv_lengths=lengths, bias=bias,

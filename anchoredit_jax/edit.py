@@ -55,39 +55,19 @@ from tqdm import tqdm
 
 from anchoredit_jax import checkpointing, compile_cache, mcie, sampler
 from anchoredit_jax import text_encoder as te
-from anchoredit_jax.data import jsonl
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
-from anchoredit_jax.data.images import resolution_hw
-from anchoredit_jax.edit_session import MCIE_DEFAULTS, MCIE_FLAGS, METHODS, EditError, Session, check_options
+from anchoredit_jax.edit_session import (MCIE_DEFAULTS, MCIE_FLAGS, METHODS, NOOP_HINT, EditError, Session,
+                                         check_instruction, check_options, fit_image, read_image)
 
-NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
 HELP = (":undo  back one turn | :back K  turn K of the current path | :goto ID  any node | :seed N | "
         ":history | :save | :quit")
 
 
 # ----------------------------------------------------------------------------- inputs
-def read_image(path: str) -> tuple[Image.Image, dict]:
-    """-> (decoded RGB PIL image, {"size": [W, H], "mode"} of the file); EditError if unusable."""
-    try:
-        hdr = jsonl.open_image(path, "--image", "input")
-        info = {"size": list(hdr.size), "mode": hdr.mode}
-        hdr.close()
-        return jsonl.decode_image(path, "--image", "input"), info
-    except jsonl.DataFormatError as e:
-        raise EditError(str(e)) from None
-
-
-def fit_image(img: Image.Image, resolution) -> np.ndarray:
-    """uint8 [H, W, 3] at the model resolution: cover-resize (Lanczos), centre crop."""
-    return jsonl.fit_image(img, resolution_hw(resolution), mask=False)
-
-
 def check_instructions(instructions: list[str]) -> None:
     for i, text in enumerate(instructions, 1):
-        if te.is_null_instruction(text):
-            raise EditError(f"instruction {i} is empty; the CLI refuses empty instructions (that is the "
-                            f"unconditional one): {NOOP_HINT}")
+        check_instruction(i, text)
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:

@@ -96,6 +96,34 @@ class EditError(Exception):
     """A user-facing problem: main() prints the message (no traceback) and exits with 1."""
 
 
+NOOP_HINT = "use a no-op phrase like 'keep the image as it is'"
+
+
+def read_image(path: str, where: str = "--image") -> tuple[Image.Image, dict]:
+    """-> (decoded RGB PIL image, {"size": [W, H], "mode"} of the file); EditError if unusable."""
+    try:
+        hdr = jsonl.open_image(path, where, "input")
+        info = {"size": list(hdr.size), "mode": hdr.mode}
+        hdr.close()
+        return jsonl.decode_image(path, where, "input"), info
+    except jsonl.DataFormatError as e:
+        raise EditError(str(e)) from None
+
+
+def fit_image(img: Image.Image, resolution) -> np.ndarray:
+    """uint8 [H, W, 3] at the model resolution: cover-resize (Lanczos), centre crop."""
+    return jsonl.fit_image(img, resolution_hw(resolution), mask=False)
+
+
+def check_instruction(turn: int, text) -> None:
+    """EditError unless `text` is a non-empty string (an empty one is the unconditional instruction)."""
+    if not isinstance(text, str):
+        raise EditError(f"instruction {turn} is not a string: {text!r}")
+    if te.is_null_instruction(text):
+        raise EditError(f"instruction {turn} is empty; empty instructions are refused (that is the "
+                        f"unconditional one): {NOOP_HINT}")
+
+
 def load_checkpoint(path: str, which: str):
     if not os.path.isdir(path):
         raise EditError(f"--checkpoint {path}: no such directory (expected a training workdir)")
@@ -256,15 +284,11 @@ class Editor:
         args = types.SimpleNamespace(checkpoint=checkpoint, **{**OPTIONS, **options})
         check_options(args, cli=False)
         self.session = Session(args)
-        self.resolution = resolution_hw(self.session.config.data.resolution)
 
     def prepare(self, image) -> np.ndarray:
         """path | PIL image | uint8 array -> uint8 [H, W, 3] at the model resolution."""
         if isinstance(image, (str, os.PathLike)):
-            try:
-                img = jsonl.decode_image(os.fspath(image), "Editor", "input")
-            except jsonl.DataFormatError as e:
-                raise EditError(str(e)) from None
+            img = read_image(os.fspath(image), "Editor")[0]
         else:
             if isinstance(image, np.ndarray):
                 channels = image.shape[2] if image.ndim == 3 else None  # [H, W]: grey
@@ -279,7 +303,7 @@ class Editor:
             except jsonl.DataFormatError as e:
                 raise EditError(str(e)) from None
             img = jsonl.to_rgb(image)
-        return jsonl.fit_image(img, self.resolution, mask=False)
+        return fit_image(img, self.session.config.data.resolution)
 
     def start(self, image) -> EditState:
         source = self.prepare(image)
@@ -287,9 +311,7 @@ class Editor:
 
     def turn(self, state: EditState, instruction: str, seed: int = 0) -> EditState:
         """One turn from `state` (left as it was) -> the state after it."""
-        if not isinstance(instruction, str) or te.is_null_instruction(instruction):
-            raise EditError(f"instruction {state.turn + 1} is empty or not a string ({instruction!r}); an empty one "
-                            "is the unconditional one: use a no-op phrase like 'keep the image as it is'")
+        check_instruction(state.turn + 1, instruction)
         text, mask = self.session.embed([instruction])
         image, mem, _ = self.session.run_turn(state.memory, text, mask, state.turn + 1, seed)
         return EditState(mem, state.turn + 1, image)

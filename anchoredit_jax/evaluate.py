@@ -102,7 +102,7 @@ def method_grid(args) -> tuple[list[str], list[int | None], list[str | None]]:
 
 def anchor_weights(args) -> list[float]:
     """--anchor-weights "1,0.5" -> [1.0, 0.5] (each > 0; default [1.0]: the memory as trained)."""
-    text = getattr(args, "anchor_weights", None) or "1"
+    text = args.anchor_weights or "1"
     try:
         vals = [float(v) for v in text.split(",") if v]
     except ValueError:

@@ -51,4 +51,3 @@ def traced_steps(workdir, name="train"):
         out.append(sorted({int(e["args"]["step_num"]) for e in events
                            if e.get("name") == name and "step_num" in e.get("args", {})}))
     return out
-
