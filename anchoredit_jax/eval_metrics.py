@@ -15,6 +15,12 @@ Every metric comes as values [K, B] plus validity [K, B]; a value counts only wh
   whether earlier edits stay done (an object removed or moved and later drawn back from the
   anchor or the window shows here, not in identity or edit success); valid where every mask so
   far is known and such pixels exist.
+- edit_made, edits_kept: each edit followed on its own pixels (`edit_persistence`). edit_made: 1
+  when, on turn k's mask, the output is closer to turn k's target than to the frame before the
+  edit, else 0. edits_kept at turn j: the share of the earlier edits that were made, on their
+  pixels no later turn up to j edited, that are still closer to the edit than to before it. Edits
+  that the source itself passes (back to the source's state) are left out of both.
+  Together they split what kept_psnr pools: edits never made and edits made and undone later.
 - l1, l2: mean absolute / squared error on [0, 1] vs the target (MagicBrush's L1, L2).
 
 With feature networks (`feature_nets.py`, user-supplied weights; `feature_metrics`), cosine
@@ -30,12 +36,14 @@ from typing import Callable
 
 import chex
 import dm_pix
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 PSNR_CAP = 100.0
+MIN_CHANGE = 1e-3  # mean squared change per pixel (summed over RGB, on [0, 1]) below which an edit changes nothing
 METRICS = ("psnr", "ssim", "lpips", "source_psnr", "source_lpips", "identity_psnr", "identity_mae",
-           "edit_psnr", "edit_mae", "kept_psnr", "kept_mae", "l1", "l2")
+           "edit_psnr", "edit_mae", "kept_psnr", "kept_mae", "edit_made", "edits_kept", "l1", "l2")
 FEATURE_METRICS = ("clip_i", "clip_t", "dino", "source_clip_i", "source_dino")
 HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae") or m in ("l1", "l2"))
                     for m in METRICS + FEATURE_METRICS}
@@ -99,6 +107,7 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
     kp_psnr, kp_mae, kp_n = masked_errors(images, targets, earlier)
     d = _unit(images) - _unit(targets)
     tgt = has_target & exists
+    made, kept_edits = edit_persistence(images, targets, source, masks, has_target, known, exists)
     ident = known & (id_n > 0) & exists
     edit = has_mask & tgt & (ed_n > 0)
     kept = known & tgt & (kp_n > 0)
@@ -108,9 +117,55 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
         "source_psnr": (psnr(images, src), exists), "source_lpips": (lp(images, src), exists),
         "identity_psnr": (id_psnr, ident), "identity_mae": (id_mae, ident),
         "edit_psnr": (ed_psnr, edit), "edit_mae": (ed_mae, edit),
-        "kept_psnr": (kp_psnr, kept), "kept_mae": (kp_mae, kept),
+        "kept_psnr": (kp_psnr, kept), "kept_mae": (kp_mae, kept), "edit_made": made, "edits_kept": kept_edits,
         "l1": (jnp.mean(jnp.abs(d), (-3, -2, -1)), tgt), "l2": (jnp.mean(jnp.square(d), (-3, -2, -1)), tgt),
     }
+
+
+def edit_persistence(images, targets, source, masks, has_target, known, exists):
+    """Whether each edit is made at its turn and still there later, on its own pixels.
+
+    Edit k's pixels seen at turn j >= k: those turn k edited and no turn in (k, j] did (where the
+    last edit up to j is k's; there the truth at j is turn k's target). The edit is there when,
+    summed over those pixels, the output is closer (squared error) to the target than to the frame
+    before the edit (the source or target k-1): the side of halfway it is on. Comparing the two
+    states, not a fixed error level, leaves out what blurs both alike (the VAE). Not counted: edits
+    changing less than MIN_CHANGE per pixel (no-ops, empty masks), and edits back towards the source
+    (where the source passes that test itself: taking out what an earlier turn added), which doing
+    nothing, or an anchor drawing the source back, would make. Shapes as `per_turn_metrics`;
+    known [K, B]: every mask up to turn k is known.
+    -> (edit_made, edits_kept), each (values [K, B] float32, valid [K, B] bool).
+    """
+    k, b = masks.shape[:2]
+    out, tgt = _unit(images), _unit(targets)
+    before = _unit(jnp.concatenate([source[None], targets[:-1]], axis=0))  # [K, B, H, W, 3]: before edit k
+    turn = jnp.arange(k)[:, None, None, None]
+    last = jax.lax.cummax(jnp.where(masks, turn, -1), axis=0)  # [K, B, H, W]: last edit up to j
+    before_at = jnp.take_along_axis(before, jnp.maximum(last, 0)[..., None], axis=0)
+    to_target = jnp.sum(jnp.square(out - tgt), -1)  # [K, B, H, W]; at j on edit k's pixels tgt j = tgt k
+    to_before = jnp.sum(jnp.square(out - before_at), -1)
+    change = jnp.sum(jnp.square(before_at - tgt), -1)
+    src = _unit(source)[None]
+    src_target, src_before = jnp.sum(jnp.square(src - tgt), -1), jnp.sum(jnp.square(src - before_at), -1)
+    # Sum into bins (j, b, last edit); pixels no edit touched go to a dump bin.
+    bins = (turn * b + jnp.arange(b)[None, :, None, None]) * k + last
+    bins = jnp.where(last >= 0, bins, k * b * k).reshape(-1)
+    seg = lambda x: jax.ops.segment_sum(x.reshape(-1), bins, k * b * k + 1)[:-1].reshape(k, b, k)  # noqa: E731
+    e_target, e_before, e_change, n = seg(to_target), seg(to_before), seg(change), seg(jnp.ones_like(change))
+    # An edit back towards the source (taking out what an earlier turn added) is passed by doing nothing.
+    away = seg(src_target) >= seg(src_before)
+    has_before = jnp.concatenate([jnp.ones_like(has_target[:1]), has_target[:-1]], axis=0)
+    edit_ok = (has_target & has_before & known & exists).T[None]  # [1, B, K]: edit k measurable
+    view_ok = (has_target & known & exists)[:, :, None]  # [J, B, 1]
+    seen = (n > 0) & (e_change > MIN_CHANGE * n) & away & edit_ok & view_ok  # [J, B, K]
+    there = e_target < e_before
+    diag = lambda x: jnp.diagonal(x, axis1=0, axis2=2).T  # noqa: E731 - [J, B, K] -> [K, B] at j = k
+    made, made_ok = diag(there), diag(seen)
+    earlier = jnp.arange(k)[None, None, :] < jnp.arange(k)[:, None, None]  # [J, 1, K]: k < j
+    tracked = seen & earlier & (made & made_ok).T[None]
+    n_tracked = tracked.sum(-1)
+    kept = (tracked & there).sum(-1) / jnp.maximum(n_tracked, 1)
+    return (made.astype(jnp.float32), made_ok), (kept.astype(jnp.float32), n_tracked > 0)
 
 
 def feature_metrics(embedders: dict[str, Callable], images, targets, source, captions, has_caption, has_target, exists):

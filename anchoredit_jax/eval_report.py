@@ -21,8 +21,8 @@ from anchoredit_jax.data.contact_sheet import save_contact_sheet
 
 OUR_FILES = ("metrics.csv", "per_sequence.csv.gz", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
 TABLE_TURNS = (1, 5, 10, 20, 30)
-TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "kept_psnr", "source_psnr", "clip_i", "clip_t",
-                 "dino")
+TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "kept_psnr", "edit_made", "edits_kept",
+                 "source_psnr", "clip_i", "clip_t", "dino")
 
 
 def curves(results) -> dict:

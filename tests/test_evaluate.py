@@ -114,6 +114,17 @@ def test_per_sequence_values_are_what_the_means_average_and_pair(two_runs, capsy
     want = float(means[("tiny/naive", "edit", "psnr", "3")]["value"]) - float(
         means[("tiny/anchor_w2", "edit", "psnr", "3")]["value"])
     assert diff == pytest.approx(want, abs=0.006) and half > 0
+    # A range of turns: each sequence's mean over it, then the mean over sequences.
+    assert readme_tables.main([str(out), "--metrics", "psnr", "--turns", "2-3,3"]) == 0
+    row = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| tiny/naive |")][0]
+    by_seq: dict = {}
+    for r in per:
+        if (r["method"], r["protocol"], r["metric"]) == ("tiny/naive", "edit", "psnr") and r["turn"] in ("2", "3"):
+            by_seq.setdefault(r["sequence"], []).append(float(r["value"]))
+    span, turn3 = map(float, re.findall(r"\| ([0-9.]+)", row))
+    assert span == pytest.approx(np.mean([np.mean(v) for v in by_seq.values()]), abs=0.006)
+    assert turn3 == pytest.approx(float(means[("tiny/naive", "edit", "psnr", "3")]["value"]), abs=0.006)
+    assert readme_tables.main([str(out), "--turns", "3-2"]) == 1 and "rising range" in capsys.readouterr().err
 
 
 def test_same_seed_same_numbers_and_naive_differs(two_runs):
@@ -292,6 +303,44 @@ def test_kept_edits_catch_an_edit_undone_later():
     np.testing.assert_allclose(m2["edit_mae"][0], m["edit_mae"][0])
     expected = float(jnp.mean(jnp.abs(src[:, :2, 2:] - 0.5))) / 2  # MAE on [0, 1]
     np.testing.assert_allclose(m2["kept_mae"][0][1], expected, rtol=1e-5)
+
+
+def test_edit_persistence_splits_never_made_from_undone():
+    """Turn 1 edits rows 0-1, turn 2 is a no-op, turn 3 edits columns 0-1 (two sequences: the batch
+    axis must not mix). The ground truth makes and keeps every edit; an output that never makes
+    turn 1's edit tracks nothing; one that makes it and draws it back at turn 2 is made and not
+    kept; the threshold is halfway from the frame before the edit to its target; an edit back to the
+    source's state is not counted (doing nothing makes it)."""
+    rng = np.random.default_rng(3)
+    src = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+    masks = np.zeros((3, 2, 8, 8), bool)
+    masks[0, :, :2], masks[2, :, :, :2] = True, True
+    t1 = src.at[:, :2].set(0.5)
+    tgt = jnp.stack([t1, t1, t1.at[:, :, :2].set(-0.5)])
+    masks = jnp.asarray(masks)
+    made, kept = "edit_made", "edits_kept"
+    m = _metrics(tgt, tgt, src, masks)
+    assert m[made][1].tolist() == [[True, True], [False, False], [True, True]]  # the no-op is no edit
+    assert (m[made][0][[0, 2]] == 1).all()
+    assert m[kept][1].tolist() == [[False, False], [True, True], [True, True]] and (m[kept][0][1:] == 1).all()
+    # Never made: turn 1 leaves rows 0-1 as the source had them, and so do the later turns.
+    never = tgt.at[:, :, :2, 2:].set(src[:, :2, 2:]).at[0, :, :2].set(src[:, :2])
+    m = _metrics(never, tgt, src, masks)
+    assert (m[made][0][0] == 0).all() and (m[made][0][2] == 1).all() and not m[kept][1].any()
+    # Made, then undone at turn 2 in sequence 1 only: kept 0 there at turns 2 and 3, 1 in sequence 0.
+    undone = tgt.at[1:, 1, :2, 2:].set(src[1, :2, 2:])
+    m = _metrics(undone, tgt, src, masks)
+    assert (m[made][0][[0, 2]] == 1).all() and m[kept][0][1:].tolist() == [[1, 0], [1, 0]]
+    # Part of the way: 0.6 of the change is past halfway, 0.4 is not.
+    for share, done in ((0.6, 1), (0.4, 0)):
+        part = tgt.at[0].set(src + share * (tgt[0] - src))
+        assert (_metrics(part, tgt, src, masks)[made][0][0] == done).all()
+    # Doing nothing makes no edit.
+    assert (_metrics(jnp.broadcast_to(src, tgt.shape), tgt, src, masks)[made][0][[0, 2]] == 0).all()
+    # An edit back to the source's state (taking turn 1's edit out again) is not counted.
+    back = jnp.stack([t1, src])
+    m = _metrics(back, back, src, jnp.asarray(np.broadcast_to(np.asarray(masks[0]), (2, 2, 8, 8))))
+    assert m[made][1].tolist() == [[True, True], [False, False]] and not m[kept][1].any()
 
 
 def test_aggregate_counts_only_valid():
