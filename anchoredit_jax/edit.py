@@ -56,7 +56,7 @@ from tqdm import tqdm
 from anchoredit_jax import checkpointing, compile_cache, mcie, sampler
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
-from anchoredit_jax.edit_session import (MCIE_DEFAULTS, MCIE_FLAGS, METHODS, NOOP_HINT, EditError, Session,
+from anchoredit_jax.edit_session import (MCIE_DEFAULTS, MCIE_FLAGS, METHODS, NOOP_HINT, OPTIONS, EditError, Session,
                                          check_instruction, check_options, fit_image, read_image)
 
 OUR_FILES = ("turn_*.png", "node_*.png", "contact_sheet.png", "log.json", "history.json")
@@ -271,27 +271,27 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m anchoredit_jax.edit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="training workdir")
-    ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
+    ap.add_argument("--weights", choices=("ema", "params", "best"))
     ap.add_argument("--image", required=True, help="source image, any size/mode (policy above)")
     ap.add_argument("--instructions", nargs="*", default=[], help="one per turn (interactive: run first)")
     ap.add_argument("--out", required=True, help="output folder (new or empty, or --overwrite)")
-    ap.add_argument("--method", choices=METHODS, default="anchoredit", help="editing method (see above)")
-    ap.add_argument("--window", type=int, default=None,
+    ap.add_argument("--method", choices=METHODS, help="editing method (see above)")
+    ap.add_argument("--window", type=int,
                     help="memory window W (last W turns besides the anchor); default 4, with --method mcie 1 "
                          "without anchor")
     ap.add_argument("--no-anchor", action="store_true", help="ablation: no anchor slot, window only")
-    ap.add_argument("--steps", type=int, default=None,
+    ap.add_argument("--steps", type=int,
                     help=f"sampler steps per turn (default: config val; mcie: {MCIE_DEFAULTS.num_steps})")
-    ap.add_argument("--sampler", choices=sampler.METHODS, default=None,
+    ap.add_argument("--sampler", choices=sampler.METHODS,
                     help=f"default: config val; mcie: {MCIE_DEFAULTS.method} "
                          f"(an ODE solver: {', '.join(mcie.SOLVERS)})")
-    ap.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    ap.add_argument("--shift", type=float, default=None, help="timestep shift")
-    ap.add_argument("--anchor-weight", type=float, default=None,
+    ap.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    ap.add_argument("--shift", type=float, help="timestep shift")
+    ap.add_argument("--anchor-weight", type=float,
                     help="the anchor's share of attention, weighed (1: as trained; 0.5 keeps earlier edits "
                          "better and the subject a little less, README 'Do earlier edits stay done?')")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae", default="", help="override the run config's vae.workdir")
+    ap.add_argument("--vae", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")
     ap.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (only our files replaced)")
     ap.add_argument("--profile", action="store_true",
@@ -300,8 +300,9 @@ def parse_args(argv):
     for flag, field, kind, what in MCIE_FLAGS:
         default = getattr(MCIE_DEFAULTS, field)
         pair = isinstance(default, tuple)
-        g.add_argument(flag, type=kind, default=None, nargs=2 if pair else None, metavar=("LO", "HI") if pair else None,
+        g.add_argument(flag, type=kind, nargs=2 if pair else None, metavar=("LO", "HI") if pair else None,
                        help=f"{what} (default {default})")
+    ap.set_defaults(**OPTIONS)  # one source of the defaults, shared with the Editor
     args = ap.parse_args(argv)
     if args.profile and (args.interactive or len(args.instructions) < 2):
         ap.error("--profile traces the batch turns after the first (which compiles): give 2 or more "

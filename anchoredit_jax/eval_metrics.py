@@ -21,6 +21,8 @@ Every metric comes as values [K, B] plus validity [K, B]; a value counts only wh
   pixels no later turn up to j edited, that are still closer to the edit than to before it. Edits
   that the source itself passes (back to the source's state) are left out of both.
   Together they split what kept_psnr pools: edits never made and edits made and undone later.
+  kept_after: the same share by the edit's age instead of the turn it is looked at: its axis is
+  turns since the edit (1, 2, ...; BY_AGE), each sequence's made edits that many turns later.
 - l1, l2: mean absolute / squared error on [0, 1] vs the target (MagicBrush's L1, L2).
 
 With feature networks (`feature_nets.py`, user-supplied weights; `feature_metrics`), cosine
@@ -43,7 +45,8 @@ import numpy as np
 PSNR_CAP = 100.0
 MIN_CHANGE = 1e-3  # mean squared change per pixel (summed over RGB, on [0, 1]) below which an edit changes nothing
 METRICS = ("psnr", "ssim", "lpips", "source_psnr", "source_lpips", "identity_psnr", "identity_mae",
-           "edit_psnr", "edit_mae", "kept_psnr", "kept_mae", "edit_made", "edits_kept", "l1", "l2")
+           "edit_psnr", "edit_mae", "kept_psnr", "kept_mae", "edit_made", "edits_kept", "kept_after", "l1", "l2")
+BY_AGE = ("kept_after",)  # metrics whose axis is turns since the edit, not the turn
 FEATURE_METRICS = ("clip_i", "clip_t", "dino", "source_clip_i", "source_dino")
 HIGHER_IS_BETTER = {m: not (m.endswith("lpips") or m.endswith("mae") or m in ("l1", "l2"))
                     for m in METRICS + FEATURE_METRICS}
@@ -107,7 +110,7 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
     kp_psnr, kp_mae, kp_n = masked_errors(images, targets, earlier)
     d = _unit(images) - _unit(targets)
     tgt = has_target & exists
-    made, kept_edits = edit_persistence(images, targets, source, masks, has_target, known, exists)
+    made, kept_edits, kept_after = edit_persistence(images, targets, source, masks, has_target, known, exists)
     ident = known & (id_n > 0) & exists
     edit = has_mask & tgt & (ed_n > 0)
     kept = known & tgt & (kp_n > 0)
@@ -118,6 +121,7 @@ def per_turn_metrics(lpips_fn: Callable, images, targets, source, masks, has_tar
         "identity_psnr": (id_psnr, ident), "identity_mae": (id_mae, ident),
         "edit_psnr": (ed_psnr, edit), "edit_mae": (ed_mae, edit),
         "kept_psnr": (kp_psnr, kept), "kept_mae": (kp_mae, kept), "edit_made": made, "edits_kept": kept_edits,
+        "kept_after": kept_after,
         "l1": (jnp.mean(jnp.abs(d), (-3, -2, -1)), tgt), "l2": (jnp.mean(jnp.square(d), (-3, -2, -1)), tgt),
     }
 
@@ -134,7 +138,8 @@ def edit_persistence(images, targets, source, masks, has_target, known, exists):
     (where the source passes that test itself: taking out what an earlier turn added), which doing
     nothing, or an anchor drawing the source back, would make. Shapes as `per_turn_metrics`;
     known [K, B]: every mask up to turn k is known.
-    -> (edit_made, edits_kept), each (values [K, B] float32, valid [K, B] bool).
+    -> (edit_made, edits_kept, kept_after), each (values [K, B] float32, valid [K, B] bool); kept_after's
+    row a is age a + 1 (turns since the edit), so its last row is never valid.
     """
     k, b = masks.shape[:2]
     out, tgt = _unit(images), _unit(targets)
@@ -165,7 +170,13 @@ def edit_persistence(images, targets, source, masks, has_target, known, exists):
     tracked = seen & earlier & (made & made_ok).T[None]
     n_tracked = tracked.sum(-1)
     kept = (tracked & there).sum(-1) / jnp.maximum(n_tracked, 1)
-    return (made.astype(jnp.float32), made_ok), (kept.astype(jnp.float32), n_tracked > 0)
+    # By age a = j - k: the same counts gathered along the diagonals (row a - 1).
+    age = jax.nn.one_hot(jnp.arange(k)[:, None] - jnp.arange(k)[None, :] - 1, k, dtype=jnp.float32)  # [J, K, A]
+    by_age = lambda x: jnp.einsum("jbk,jka->ab", x.astype(jnp.float32), age)  # noqa: E731
+    n_age = by_age(tracked)
+    after = by_age(tracked & there) / jnp.maximum(n_age, 1)
+    return ((made.astype(jnp.float32), made_ok), (kept.astype(jnp.float32), n_tracked > 0),
+            (after, n_age > 0))
 
 
 def feature_metrics(embedders: dict[str, Callable], images, targets, source, captions, has_caption, has_target, exists):

@@ -22,7 +22,7 @@ from anchoredit_jax.data.contact_sheet import save_contact_sheet
 OUR_FILES = ("metrics.csv", "per_sequence.csv.gz", "summary.json", "metric_*.png", "contact_sheet*.png", "table.md")
 TABLE_TURNS = (1, 5, 10, 20, 30)
 TABLE_METRICS = ("psnr", "ssim", "lpips", "identity_psnr", "edit_psnr", "kept_psnr", "edit_made", "edits_kept",
-                 "source_psnr", "clip_i", "clip_t", "dino")
+                 "kept_after", "source_psnr", "clip_i", "clip_t", "dino")
 
 
 def curves(results) -> dict:
@@ -43,8 +43,9 @@ def format_table(cur, methods, datasets, turns: int) -> str:
             if not any(n.sum() for _, (_, n) in rows) or (metric.startswith("source") and d.has_target.all()):
                 continue  # vs-source figures matter where targets are missing (the csv has them all)
             arrow = "higher" if eval_metrics.HIGHER_IS_BETTER[metric] else "lower"
+            axis = "after" if metric in eval_metrics.BY_AGE else "turn"  # BY_AGE: turns since the edit
             lines += [f"\n{d.name}: {metric} ({arrow} is better; n = sequences counted)", "",
-                      "| method | " + " | ".join(f"turn {t}" for t in show) + " |",
+                      "| method | " + " | ".join(f"{axis} {t}" for t in show) + " |",
                       "|---|" + "---|" * len(show)]
             for name, (mean, n) in rows:
                 cells = [f"{mean[t - 1]:.4g} ({n[t - 1]})" if n[t - 1] else "-" for t in show]
@@ -77,7 +78,8 @@ def plot_curves(cur, methods, datasets, turns: int, out: str) -> list[str]:
             for m in methods:
                 mean, _ = cur[(m.name, d.name)][metric]
                 ax.plot(np.arange(1, turns + 1), mean, marker="o", ms=2.5, label=m.name)
-            ax.set(xlabel="turn", title=f"{d.name}: {metric}")
+            xlabel = "turns since the edit" if metric in eval_metrics.BY_AGE else "turn"
+            ax.set(xlabel=xlabel, title=f"{d.name}: {metric}")
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()

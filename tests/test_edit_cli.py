@@ -343,3 +343,13 @@ def test_python_editor_matches_the_cli_and_branches(ckpt, source_png, batch_runs
     weighed = Editor(ckpt, anchor_weight=0.5)
     assert weighed.session.settings.anchor_weight == 0.5
     assert not np.array_equal(weighed.edit(source_png, SEQ.instructions[:1])[0], cli[0])
+
+
+def test_cli_defaults_are_the_editors():
+    """The CLI's flags default to edit_session.OPTIONS, the Editor's defaults: one source, so a default
+    changed in one place changes both, and every option of the Editor is a flag of the CLI."""
+    from anchoredit_jax.edit_session import OPTIONS
+    args = vars(edit.parse_args(["--checkpoint", "c", "--image", "i.png", "--out", "o"]))
+    assert {k: args[k] for k in OPTIONS} == OPTIONS
+    assert vars(edit.parse_args(["--checkpoint", "c", "--image", "i.png", "--out", "o", "--window", "2",
+                                 "--anchor-weight", "0.5"]))["window"] == 2

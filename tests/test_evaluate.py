@@ -331,6 +331,18 @@ def test_edit_persistence_splits_never_made_from_undone():
     undone = tgt.at[1:, 1, :2, 2:].set(src[1, :2, 2:])
     m = _metrics(undone, tgt, src, masks)
     assert (m[made][0][[0, 2]] == 1).all() and m[kept][0][1:].tolist() == [[1, 0], [1, 0]]
+    # By age: turn 1's edit 1 and 2 turns later (row a - 1); nothing is 3 turns old.
+    assert m["kept_after"][1].tolist() == [[True, True], [True, True], [False, False]]
+    assert m["kept_after"][0][:2].tolist() == [[1, 0], [1, 0]]
+    # Two edits of different ages seen at once: turn 1 rows 0-1, turn 2 rows 6-7, turn 3 a no-op; the
+    # output draws turn 1's edit back at turn 3 only.
+    m2 = np.zeros((3, 2, 8, 8), bool)
+    m2[0, :, :2], m2[1, :, 6:] = True, True
+    t2 = t1.at[:, 6:].set(-0.5)
+    tgt2 = jnp.stack([t1, t2, t2])
+    m = _metrics(tgt2.at[2, :, :2].set(src[:, :2]), tgt2, src, jnp.asarray(m2))
+    assert m[kept][0][1:].tolist() == [[1, 1], [0.5, 0.5]]
+    assert m["kept_after"][0][:2].tolist() == [[1, 1], [0, 0]] and m["kept_after"][1][:2].all()
     # Part of the way: 0.6 of the change is past halfway, 0.4 is not.
     for share, done in ((0.6, 1), (0.4, 0)):
         part = tgt.at[0].set(src + share * (tgt[0] - src))
