@@ -14,6 +14,8 @@ methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
   copy          do nothing: every turn returns the source's latent, decoded by the same VAE (the
                 floor for edit_psnr, the ceiling for identity_psnr; a method that does not beat it
                 in edit_psnr is not following instructions)
+  truth         the ground truth: every turn returns its target's latent (the source's where a turn has
+                none), decoded by the same VAE: the ceiling of any model on that VAE
   (MCIE rows use MCIE's own sampler defaults: 8 FireFlow steps, the paper's; guidance as the others)
 --windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
 --sampler take comma lists: every value makes its own method (name suffix /sN, /sampler).
@@ -277,8 +279,17 @@ def batch_indices(n: int, batch_size: int) -> list[np.ndarray]:
     return out
 
 
+def target_latents(encode_fn, ld: Loaded, data: Batchable, idx, source_latent):
+    """[K, B, h, w, C]: the latents of the batch's targets; the source's on turns without one."""
+    tgt = to_float(np.swapaxes(data.targets[idx], 0, 1))  # [K, B, H, W, 3]
+    lat = encode_fn(ld.frozen, tgt.reshape((-1,) + tgt.shape[2:]))
+    lat = lat.reshape(tgt.shape[:2] + lat.shape[1:])
+    has = np.swapaxes(data.has_target[idx], 0, 1)[..., None, None, None]
+    return jnp.where(has, lat, source_latent[None])
+
+
 def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: Batchable, text, tmask, *,
-                    batch_size: int, seed: int, keep: int, bar) -> tuple[dict, np.ndarray, dict]:
+                    batch_size: int, seed: int, keep: int, bar, truth: bool = False) -> tuple[dict, np.ndarray, dict]:
     """One method on one protocol -> ({metric: (values [N, K], valid [N, K])}, uint8 outputs of the first
     `keep` sequences [keep, K, H, W, 3], timing: seconds incl. compilation and seconds per turn of
     one batch of edits, from the batches after the first (compiled) one when there are any)."""
@@ -286,10 +297,11 @@ def evaluate_method(run_fn, encode_fn, decode_fn, metrics_fn, ld: Loaded, data: 
     for bi, idx in enumerate(batch_indices(len(data.seeds), batch_size)):
         src = to_float(data.source[idx])
         source_latent = jax.block_until_ready(encode_fn(ld.frozen, src))
+        extra = (target_latents(encode_fn, ld, data, idx, source_latent),) if truth else ()
         t_edit = time.perf_counter()
         latents = jax.block_until_ready(run_fn(ld.params, source_latent, np.swapaxes(text[idx], 0, 1),
                                                np.swapaxes(tmask[idx], 0, 1),
-                                               jax.random.fold_in(jax.random.key(seed), bi)))
+                                               jax.random.fold_in(jax.random.key(seed), bi), *extra))
         edit_secs.append(time.perf_counter() - t_edit)
         images = decode_fn(ld.frozen, latents)  # [K, B, H, W, 3]
         t = lambda a: np.swapaxes(a[idx], 0, 1)  # noqa: E731 - [B, K, ...] -> [K, B, ...]
@@ -317,7 +329,7 @@ def run(args) -> dict:
         raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
     presets = method_grid(args)[0]  # bad method names and lists fail before the slow loading
     if anchor_weights(args) != [1.0] and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
-        raise EvalError("--anchor-weights applies to AnchorEdit's memory: leave out mcie and copy methods")
+        raise EvalError("--anchor-weights applies to AnchorEdit's memory: leave out the mcie, copy and truth methods")
     edit_cli.check_out_dir(args.out, args.overwrite)
     nets = load_feature_nets(args)
     loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
@@ -343,7 +355,7 @@ def run(args) -> dict:
                 bar.set_postfix_str(f"{m.name} {d.name}")
                 vals, shown, secs = evaluate_method(
                     run_fn, encode_fn, decode_fn, metrics_fn, ld, d, *embedded[d.name], batch_size=args.batch_size,
-                    seed=args.seed, keep=args.sheet, bar=bar)
+                    seed=args.seed, keep=args.sheet, bar=bar, truth=m.kind in eval_methods.TAKES_TARGETS)
                 results[(m.name, d.name)], sheets[(m.name, d.name)] = vals, shown
                 timings[f"{m.name} {d.name}"] = secs
     bar.close()

@@ -211,7 +211,7 @@ def test_method_registry_and_names():
 def test_mcie_presets():
     assert evaluate.parse_preset("mcie") == dict(kind="mcie", window=1, keep_anchor=False)  # previous frame only
     assert evaluate.parse_preset("mcie_anchor_w4") == dict(kind="mcie", window=4, keep_anchor=True)
-    assert evaluate.parse_preset("copy")["kind"] == "copy"
+    assert evaluate.parse_preset("copy")["kind"] == "copy" and evaluate.parse_preset("truth")["kind"] == "truth"
     for bad in ("mcie_anchor_w0", "mcie_no_anchor_w2", "mcie2"):
         with pytest.raises(evaluate.EvalError, match="unknown method"):
             evaluate.parse_preset(bad)
@@ -228,6 +228,27 @@ def test_copy_baseline_is_the_source(ckpt, tmp_path):
         assert val[(proto, "source_psnr", "1")] == val[(proto, "source_psnr", "2")] == val[(proto, "source_psnr", "3")]
     assert val[("noop", "psnr", "2")] == pytest.approx(val[("noop", "source_psnr", "2")], abs=1e-4)
     assert val[("edit", "psnr", "3")] < val[("edit", "source_psnr", "3")]  # the targets moved away
+
+
+def test_truth_ceiling_is_the_targets_through_the_vae(ckpt, tmp_path):
+    """`truth` returns each turn's target latent: its PSNR is the VAE's on the targets, computed here
+    directly; on the no-op protocol (target = source) it is `copy`, to the bit."""
+    out = tmp_path / "truth"
+    assert _cli(ckpt, out, "--methods", "copy,truth", "--protocols", "edit,noop", "--sheet", "0") == 0
+    val = {(r["method"], r["protocol"], r["metric"], r["turn"]): float(r["value"]) for r in _csv(out / "metrics.csv")
+           if r["value"] != ""}
+    for t in ("1", "2", "3"):
+        assert val[("tiny/truth", "noop", "psnr", t)] == val[("tiny/copy", "noop", "psnr", t)]
+    ld = evaluate.load_checkpoint(ckpt, "ema")
+    args = evaluate.parse_args(["--checkpoint", ckpt, "--out", str(tmp_path / "x"), "--turns", "3",
+                                "--num-sequences", "2"])
+    d = evaluate.load_protocols(args, ld.resolution)[0]
+    tgt = to_float(d.targets.reshape((-1,) + d.targets.shape[2:]))
+    rec = ld.enc.decode_latents(ld.frozen, ld.enc.encode_images(ld.frozen, tgt))
+    want = np.asarray(eval_metrics.psnr(rec, tgt)).reshape(d.targets.shape[:2]).mean(0)  # [K]
+    got = [val[("tiny/truth", "edit", "psnr", t)] for t in ("1", "2", "3")]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert got[2] != val[("tiny/copy", "edit", "psnr", "3")]
 
 
 def test_mcie_row_runs_and_records_latency(ckpt, tmp_path):
