@@ -89,11 +89,17 @@ def pair_velocity(params, model: WanDiT, source, x_t, t, text, text_mask, null_t
     return model.apply({"params": params}, frames, times, texts, masks, positions, mode="block_causal")[:, 1]
 
 
-def weighted_velocity_error(v, target_v, edit_mask, has_mask, outside_weight: float):
-    """Per-example velocity MSE with the error outside a known edit mask weighted `outside_weight`.
+def weighted_velocity_error(v, target_v, edit_mask, has_mask, outside_weight: float, kept=None,
+                            kept_scale: float = 1.0):
+    """Per-example velocity MSE with the error outside a known edit mask weighted `outside_weight`,
+    and on `kept` [B, h, w] in {0, 1} outside the mask (stage 2: what earlier turns edited and this
+    one does not) weighted `outside_weight * kept_scale`.
 
     v, target_v: [B, h, w, C]; edit_mask [B, h, w] in {0, 1}; has_mask [B] -> ([B], unweighted mean).
     """
     err = jnp.mean(jnp.square(v - target_v), axis=-1)  # [B, h, w]
-    weight = 1.0 + (outside_weight - 1.0) * has_mask[:, None, None] * (1.0 - edit_mask)
+    outside = has_mask[:, None, None] * (1.0 - edit_mask)
+    weight = 1.0 + (outside_weight - 1.0) * outside
+    if kept is not None and kept_scale != 1.0:
+        weight = jnp.where(outside * kept > 0, outside_weight * kept_scale, weight)
     return jnp.sum(weight * err, axis=(1, 2)) / jnp.sum(weight, axis=(1, 2)), jnp.mean(err)

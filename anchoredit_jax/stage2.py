@@ -55,7 +55,10 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
       edit_masks: [B, K, h, w] latent-grid masks; has_mask, turn_valid: [B, K].
       ratio: scalar in [0, 1], share of turns whose memory gets the model's own frame.
       cfg: window, keep_anchor, rollout_steps, rollout_method, rollout_guidance, turn_weight_alpha,
-        outside_mask_weight, cfg_drop_prob, timestep fields, degrade (prob, vae_roundtrip unused here, ...).
+        outside_mask_weight, kept_scale (optional, default 1: where earlier turns' known masks edited
+        and this turn's does not, the error weighs outside_mask_weight * kept_scale: what must stay
+        as the latest frames have it, not as the source had it), cfg_drop_prob, timestep fields,
+        degrade (prob, vae_roundtrip unused here, ...).
     Returns: (loss, aux) with per-turn losses in aux["turn_loss"] [K].
     """
     b, k1 = frames.shape[:2]
@@ -68,7 +71,10 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
     settings = editor.SamplerSettings(num_steps=cfg.rollout_steps, method=cfg.rollout_method,
                                       guidance=cfg.rollout_guidance)
 
-    def body(mem, xs):
+    kept_scale = cfg.get("kept_scale", 1.0)
+
+    def body(carry, xs):
+        mem, edited = carry  # edited [B, h, w]: what the known masks of earlier turns cover
         z, text, mask, emask, hmask, t, noise, drop, use_u, key = xs
         # 1. loss on the ground-truth target given the memory
         text_in = jnp.where(drop[:, None, None], nt, text)
@@ -78,7 +84,7 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
         v = model.apply({"params": params}, x_t[:, None], t[:, None], text_in[:, None], mask_in[:, None], pos,
                         mode="memory", memory=mem_lib.read(mem))[:, 0]
         per_example, _ = weighted_velocity_error(v, flow.velocity_target(z, noise), emask, hmask,
-                                                 cfg.outside_mask_weight)
+                                                 cfg.outside_mask_weight, edited, kept_scale)
         # 2. rollout from the same memory (no gradient), only if some example uses it
         use = use_u < ratio
         k_noise, k_deg = jax.random.split(key)
@@ -94,12 +100,13 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
         if cfg.degrade.prob > 0:
             frame = degrade_lib.degrade(k_deg, frame, cfg.degrade)
         mem = jax.lax.stop_gradient(mem_lib.update(model, frozen, mem, frame, text, mask))
-        return mem, (per_example, jnp.mean(use.astype(jnp.float32)))
+        edited = jnp.maximum(edited, emask * hmask[:, None, None])
+        return (mem, edited), (per_example, jnp.mean(use.astype(jnp.float32)))
 
     swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  ([B, K, ...] -> [K, B, ...] for the scan)
     xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(edit_masks), swap(has_mask), swap(d["t"]),
           swap(d["noise"]), swap(d["drop"]), swap(d["use_rollout_u"]), d["turn_keys"])
-    _, (per_turn, used) = jax.lax.scan(body, mem, xs)  # per_turn [K, B]
+    _, (per_turn, used) = jax.lax.scan(body, (mem, jnp.zeros(edit_masks.shape[:1] + edit_masks.shape[2:])), xs)
     w = turn_weights(k, cfg.turn_weight_alpha)[:, None] * swap(turn_valid)
     loss = jnp.sum(w * per_turn) / jnp.maximum(jnp.sum(w), 1e-8)
     turn_loss = jnp.sum(per_turn * swap(turn_valid), 1) / jnp.maximum(jnp.sum(swap(turn_valid), 1), 1e-8)

@@ -32,7 +32,9 @@ def get_config(arg: str = ""):
         ratio_start=0.0, ratio_end=1.0,  # teacher forcing -> full self-rollout ...
         ratio_ramp_start=0, ratio_ramp_end=3 if test else 300,  # ... over these steps
         turn_weight_alpha=1.0,  # w_k = 1 + alpha (k-1)/(K-1): later turns weigh up to 2x
-        outside_mask_weight=2.0, cfg_drop_prob=0.1, timestep_sampling="logit_normal", timestep_shift=1.0,
+        outside_mask_weight=2.0,
+        kept_scale=1.0,  # > 1: the pixels earlier turns edited weigh more outside the mask (README, "Edit by edit")
+        cfg_drop_prob=0.1, timestep_sampling="logit_normal", timestep_shift=1.0,
         degrade=ml_collections.ConfigDict(dict(prob=0.15, colour=0.2, field=0.3, laplace=0.1, blur=1.0)),
     ))
     c.optim.lr = 1e-3 if test else 1e-4

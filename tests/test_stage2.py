@@ -43,10 +43,14 @@ def setup():
     return WanDiT(cfg), params, batch
 
 
-def test_ratio_zero_equals_teacher_forcing(setup):
+@pytest.mark.parametrize("kept_scale", [1.0, 5.0])
+def test_ratio_zero_equals_teacher_forcing(setup, kept_scale):
+    """Also with kept_scale: the error where earlier turns' masks edited and this turn's does not
+    weighs outside_mask_weight * kept_scale (reference built here from the masks)."""
     model, params, batch = setup
     rng = jax.random.key(3)
-    loss, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(), **batch))(params)
+    loss, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(kept_scale=kept_scale),
+                                                 **batch))(params)
     # the same turns through mode="teacher_forcing": clean frames 0..K, noisy targets 1..K
     d = stage2.draw(rng, B, K, (H, W, C), _cfg())
     z = batch["frames"]
@@ -59,6 +63,9 @@ def test_ratio_zero_equals_teacher_forcing(setup):
                                       mode="teacher_forcing", clean=z))(params)[:, 1:]
     err = jnp.mean(jnp.square(v - flow.velocity_target(z[:, 1:], d["noise"])), -1)
     weight = 1.0 + (1.0 - batch["edit_masks"])
+    earlier = jnp.cumsum(batch["edit_masks"], 1) - batch["edit_masks"] > 0  # [B, K, h, w]
+    weight = jnp.where(earlier & (batch["edit_masks"] == 0), 2.0 * kept_scale, weight)
+    assert bool(jnp.any(earlier & (batch["edit_masks"] == 0)))  # the case is exercised
     ref = (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)  # [K]
     diff = float(jnp.abs(aux["turn_loss"] - ref).max())
     print(f"stage-2 ratio 0 vs teacher forcing, per turn: {np.asarray(aux['turn_loss'])} vs {np.asarray(ref)}, "
