@@ -106,7 +106,8 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
     swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  ([B, K, ...] -> [K, B, ...] for the scan)
     xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(edit_masks), swap(has_mask), swap(d["t"]),
           swap(d["noise"]), swap(d["drop"]), swap(d["use_rollout_u"]), d["turn_keys"])
-    _, (per_turn, used) = jax.lax.scan(body, (mem, jnp.zeros(edit_masks.shape[:1] + edit_masks.shape[2:])), xs)
+    edited = jnp.zeros(edit_masks.shape[:1] + edit_masks.shape[2:])  # nothing edited before turn 1
+    _, (per_turn, used) = jax.lax.scan(body, (mem, edited), xs)  # per_turn [K, B]
     w = turn_weights(k, cfg.turn_weight_alpha)[:, None] * swap(turn_valid)
     loss = jnp.sum(w * per_turn) / jnp.maximum(jnp.sum(w), 1e-8)
     turn_loss = jnp.sum(per_turn * swap(turn_valid), 1) / jnp.maximum(jnp.sum(swap(turn_valid), 1), 1e-8)

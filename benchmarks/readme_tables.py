@@ -53,7 +53,8 @@ def per_sequence(rows: list[dict], protocol: str) -> dict:
     out: dict = {}
     for r in rows:
         if r["protocol"] == protocol:
-            out.setdefault((r["method"], r["metric"]), {}).setdefault(r["sequence"], {})[int(r["turn"])] = float(r["value"])
+            by_turn = out.setdefault((r["method"], r["metric"]), {}).setdefault(r["sequence"], {})
+            by_turn[int(r["turn"])] = float(r["value"])
     return out
 
 
