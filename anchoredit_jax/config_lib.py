@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import math
+import numbers
 import os
 import sys
 
@@ -15,6 +17,32 @@ from anchoredit_jax.model import DiTConfig
 class ConfigError(ValueError):
     """A config value (or a checkpoint or folder it names) that cannot work. The training CLIs print
     it as one line, `error: ...`, and exit 1; it is raised before the workdir is touched where it can be."""
+
+
+def number_in(lo: float, hi: float = math.inf, *, integer: bool = False, open_lo: bool = False):
+    """A rule for `check_values`: a real number (an integer if asked) in [lo, hi], or (lo, hi]."""
+    kind = numbers.Integral if integer else numbers.Real
+
+    def ok(x):
+        if isinstance(x, bool) or not isinstance(x, kind) or not math.isfinite(x):
+            return False
+        return (x > lo if open_lo else x >= lo) and x <= hi
+
+    what = "an integer" if integer else "a number"
+    if hi == math.inf:
+        return ok, f"{what} {'>' if open_lo else '>='} {lo:g}"
+    return ok, f"{what} in {'(' if open_lo else '['}{lo:g}, {hi:g}]"
+
+
+def check_values(section: str, cfg, rules: dict) -> None:
+    """Raises ConfigError naming the first key of `cfg` (config.<section>) its rule refuses.
+    rules: key -> (predicate, what it wants) as `number_in` makes them, or a tuple of allowed values."""
+    for key, rule in rules.items():
+        if key not in cfg:
+            continue
+        ok, want = rule if callable(rule[0]) else ((lambda x, allowed=rule: x in allowed), f"one of {rule}")
+        if not ok(cfg[key]):
+            raise ConfigError(f"config.{section}.{key} must be {want}, got {cfg[key]!r}")
 
 
 def load_config(path: str, arg: str | None = None, **overrides) -> ml_collections.ConfigDict:

@@ -17,11 +17,21 @@ import jax
 import jax.numpy as jnp
 
 from anchoredit_jax import flow
+from anchoredit_jax.config_lib import check_values, number_in
 from anchoredit_jax.data.shapes_phrasing import TEMPLATES
 from anchoredit_jax.model import WanDiT
 
 # What identity pairs read: ShapesEdit's training no-op phrasings (its held-out ones stay held out).
 NOOP_INSTRUCTIONS = tuple(TEMPLATES["noop"][0])
+
+# config.stage1 values the loss would otherwise take silently (a negative weight trains away from the data)
+SETTINGS = {"noop_prob": number_in(0, 1), "cfg_drop_prob": number_in(0, 1), "outside_mask_weight": number_in(0),
+            "timestep_sampling": flow.TIMESTEP_SAMPLING, "timestep_shift": number_in(0, open_lo=True)}
+
+
+def check_settings(cfg) -> None:
+    """Raises config_lib.ConfigError naming the first config.stage1 value outside SETTINGS."""
+    check_values("stage1", cfg, SETTINGS)
 
 
 def noop_instructions(enc, frozen, tokenize):

@@ -20,8 +20,25 @@ import jax.numpy as jnp
 from anchoredit_jax import degrade as degrade_lib
 from anchoredit_jax import editor, flow, sampler
 from anchoredit_jax import memory as mem_lib
+from anchoredit_jax import stage1
+from anchoredit_jax.config_lib import check_values, number_in
 from anchoredit_jax.model import WanDiT
 from anchoredit_jax.stage1 import weighted_velocity_error
+
+# config.stage2 values the loss would otherwise take silently; turn weights 1 + alpha (k-1)/(K-1) stay >= 0
+SETTINGS = {**stage1.SETTINGS, "window": number_in(1, integer=True), "rollout_steps": number_in(1, integer=True),
+            "rollout_method": sampler.METHODS, "rollout_guidance": number_in(0),
+            "ratio_start": number_in(0, 1), "ratio_end": number_in(0, 1),
+            "ratio_ramp_start": number_in(0, integer=True), "ratio_ramp_end": number_in(0, integer=True),
+            "turn_weight_alpha": number_in(-1), "kept_scale": number_in(0)}
+
+
+def check_settings(cfg) -> None:
+    """Raises config_lib.ConfigError naming the first config.stage2 value outside SETTINGS
+    (and config.stage2.degrade.prob outside [0, 1])."""
+    check_values("stage2", cfg, SETTINGS)
+    if "degrade" in cfg:
+        check_values("stage2.degrade", cfg.degrade, {"prob": number_in(0, 1)})
 
 
 def rollout_ratio(step, cfg):

@@ -141,6 +141,10 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
             raise ConfigError(f"config.data.edit_weights: {e}") from None
     if "val" in config:
         samples.val_settings(config.val)  # likewise
+    if "stage1" in config:
+        stage1.check_settings(config.stage1)  # likewise (stage 2 and 3 configs carry stage 1's section)
+    if "stage2" in config:
+        stage2.check_settings(config.stage2)
     if config.eval_every < 0:
         raise ConfigError(f"config.eval_every must be >= 0 (0: no held-out evaluation), got {config.eval_every}")
     _check_sources(config, workdir)

@@ -73,6 +73,7 @@ def test_train_cli_reports_a_bad_config_key_before_touching_the_workdir(tmp_path
     ("--config.mesh.data=3", "error: config.mesh: mesh (data=3, fsdp=1, tensor=1) needs 3 devices, 1 are"),
     ("--config.eval_every=-1", "error: config.eval_every must be >= 0 (0: no held-out evaluation), got -1"),
     ("--config.init_from=no/such/run", "error: config.init_from='no/such/run': no such directory"),
+    ("--config.stage1.outside_mask_weight=-2", "error: config.stage1.outside_mask_weight must be a number >= 0"),
 ])
 def test_train_cli_reports_a_bad_config_value_in_one_line_before_touching_the_workdir(tmp_path, flag, message):
     import os
@@ -84,3 +85,37 @@ def test_train_cli_reports_a_bad_config_value_in_one_line_before_touching_the_wo
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(message)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("kept_scale", -1.0, "config.stage2.kept_scale must be a number >= 0, got -1.0"),
+    ("outside_mask_weight", float("nan"), "config.stage2.outside_mask_weight must be a number >= 0, got nan"),
+    ("window", 0, "config.stage2.window must be an integer >= 1, got 0"),
+    ("rollout_steps", 0, "config.stage2.rollout_steps must be an integer >= 1, got 0"),
+    ("ratio_end", 1.5, "config.stage2.ratio_end must be a number in [0, 1], got 1.5"),
+    ("rollout_method", "rk4", "config.stage2.rollout_method must be one of ('euler', 'midpoint', 'fireflow',"),
+    ("turn_weight_alpha", -2.0, "config.stage2.turn_weight_alpha must be a number >= -1, got -2.0"),
+    ("cfg_drop_prob", -0.1, "config.stage2.cfg_drop_prob must be a number in [0, 1], got -0.1"),
+])
+def test_stage2_settings_the_loss_would_take_silently_are_refused_by_name(key, value, message):
+    from anchoredit_jax import stage2
+    from anchoredit_jax.config_lib import ConfigError
+    config = load_config("configs/stage2_shapes.py", "test")
+    stage2.check_settings(config.stage2)  # the shipped values pass
+    config.stage2[key] = value
+    with pytest.raises(ConfigError) as e:
+        stage2.check_settings(config.stage2)
+    assert str(e.value).startswith(message)
+
+
+def test_every_shipped_config_passes_the_stage_settings_checks():
+    import glob
+    from anchoredit_jax import stage1, stage2
+    checked = 0
+    for path in sorted(glob.glob("configs/*.py")):
+        config = load_config(path)
+        for section, module in (("stage1", stage1), ("stage2", stage2)):
+            if section in config:
+                module.check_settings(config[section])
+                checked += 1
+    assert checked >= 8  # stage 1 (2 configs), stage 2, 3 and DMD (both sections each)
