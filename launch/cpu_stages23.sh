@@ -12,6 +12,8 @@
 # blend (stage 2 and the blend alone, for evaluating the lineage stage by stage). NOOP: the share of
 # no-op turns stages 2 and 3 draw (default 0.1, as shipped since 2026-12-06; the model shipped
 # before was made with NOOP=0.0 from the H200 stage 1 itself, without launch/cpu_stage1_ft.sh).
+# KEPT: stage 2's kept_scale (default 1, as shipped: no change; README "Edit by edit" tried 8): the
+# error on the pixels earlier turns edited weighs KEPT times more outside this turn's mask.
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
@@ -19,6 +21,9 @@ UNTIL=${UNTIL:-all}
 case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2; exit 2 ;; esac
 # shellcheck source=/dev/null
 . "$(dirname "${BASH_SOURCE[0]}")/noop_share.sh"  # NOOP, default 0.1, checked
+KEPT=${KEPT:-1.0}
+python -c "import math, sys; k = float(sys.argv[1]); assert math.isfinite(k) and k >= 0" "$KEPT" 2>/dev/null \
+  || { echo "KEPT: stage 2's kept_scale, a number >= 0, not '$KEPT'" >&2; exit 2; }
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
@@ -35,7 +40,7 @@ python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir "${OU
   "${MODEL[@]}" "${DATA[@]}" --config.init_from="$S1" --config.stage2.outside_mask_weight=0.5 \
   --config.num_steps=300 --config.optim.warmup_steps=20 --config.optim.lr=1e-5 \
   --config.stage2.ratio_ramp_end=200 --config.ema_decay=0.99 --config.checkpoint.every=100 \
-  --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 | tail -1
+  --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 --config.stage2.kept_scale="$KEPT" | tail -1
 say "blend -> ${OUT}_blend"
 [ -e "${OUT}_blend" ] || python benchmarks/blend_weights.py --a "$S1" --b "${OUT}_s2" --alpha 0.5 --out "${OUT}_blend"
 if [ "$UNTIL" = blend ]; then say done; exit 0; fi

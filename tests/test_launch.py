@@ -34,6 +34,11 @@ n=$(ls "$FAKE_OUT" | grep -c '^call' || true)
 printf '%s\0' "$@" > "$FAKE_OUT/call$n"
 if [[ $4 == scp ]]; then cp "${@: -2:1}" "$FAKE_OUT/"; fi
 """
+# A stand-in python: each call's arguments, NUL-separated, one line per call.
+FAKE_PYTHON = r"""#!/bin/bash
+printf '%s\0' "$@" >> "$FAKE_OUT/calls"
+printf '\n' >> "$FAKE_OUT/calls"
+"""
 FAKE_ARGV = r"""#!/bin/bash
 printf '%s\0' "$@" > "$FAKE_OUT/argv"
 env > "$FAKE_OUT/env"
@@ -44,7 +49,7 @@ def _env(**extra):
     """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
     drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
             "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP",
-            "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
+            "KEPT", "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env.update(extra)
     return env
@@ -145,6 +150,34 @@ def test_a_bad_noop_share_is_refused_and_nothing_runs(tmp_path, script, share):
                          env=_env(S1="runs/x", OUT="runs/y", NOOP=share))
     assert res.returncode == 2 and f"NOOP: a share of no-op turns in [0, 1), not '{share}'" in res.stderr, res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kept", ["-1", "ten", "inf"])
+def test_cpu_stages_refuses_a_bad_kept_scale_and_runs_nothing(tmp_path, kept):
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1="runs/x", OUT="runs/y", KEPT=kept))
+    assert res.returncode == 2 and f"KEPT: stage 2's kept_scale, a number >= 0, not '{kept}'" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kept, want", [(None, "1.0"), ("8", "8")])
+def test_cpu_stages_passes_kept_to_stage_2_only(tmp_path, kept, want):
+    # a stand-in python records each call; UNTIL=blend stops after stage 2 and the blend
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    extra = {"KEPT": kept} if kept else {}
+    env = _env(S1="runs/x", OUT="runs/y", UNTIL="blend", FAKE_OUT=str(tmp_path), **extra)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    calls = [c.strip("\0").split("\0") for c in (tmp_path / "calls").read_text().split("\n") if c]
+    train = [c for c in calls if c[:2] == ["-m", "anchoredit_jax.train"]]
+    blend = [c for c in calls if c[:1] == ["benchmarks/blend_weights.py"]]
+    assert len(train) == 1 and len(blend) == 1, calls
+    assert f"--config.stage2.kept_scale={want}" in train[0] and "--config.stage2.ratio_end=0.0" in train[0]
+    assert not any("kept_scale" in arg for arg in blend[0])
 
 
 # ---------------------------------------------------------------------------------------------- TPU
