@@ -34,14 +34,16 @@ def number_in(lo: float, hi: float = math.inf, *, integer: bool = False, open_lo
     return ok, f"{what} in {'(' if open_lo else '['}{lo:g}, {hi:g}]"
 
 
+def one_of(allowed: tuple):
+    """A rule for `check_values`: one of the allowed values."""
+    return (lambda x: x in allowed), f"one of {allowed}"
+
+
 def check_values(section: str, cfg, rules: dict) -> None:
     """Raises ConfigError naming the first key of `cfg` (config.<section>) its rule refuses.
-    rules: key -> (predicate, what it wants) as `number_in` makes them, or a tuple of allowed values."""
-    for key, rule in rules.items():
-        if key not in cfg:
-            continue
-        ok, want = rule if callable(rule[0]) else ((lambda x, allowed=rule: x in allowed), f"one of {rule}")
-        if not ok(cfg[key]):
+    rules: key -> (predicate, what it wants), as `number_in` and `one_of` make them."""
+    for key, (ok, want) in rules.items():
+        if key in cfg and not ok(cfg[key]):
             raise ConfigError(f"config.{section}.{key} must be {want}, got {cfg[key]!r}")
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from anchoredit_jax import flow
-from anchoredit_jax.config_lib import check_values, number_in
+from anchoredit_jax.config_lib import check_values, number_in, one_of
 from anchoredit_jax.data.shapes_phrasing import TEMPLATES
 from anchoredit_jax.model import WanDiT
 
@@ -26,7 +26,7 @@ NOOP_INSTRUCTIONS = tuple(TEMPLATES["noop"][0])
 
 # config.stage1 values the loss would otherwise take silently (a negative weight trains away from the data)
 SETTINGS = {"noop_prob": number_in(0, 1), "cfg_drop_prob": number_in(0, 1), "outside_mask_weight": number_in(0),
-            "timestep_sampling": flow.TIMESTEP_SAMPLING, "timestep_shift": number_in(0, open_lo=True)}
+            "timestep_sampling": one_of(flow.TIMESTEP_SAMPLING), "timestep_shift": number_in(0, open_lo=True)}
 
 
 def check_settings(cfg) -> None:

@@ -21,13 +21,13 @@ from anchoredit_jax import degrade as degrade_lib
 from anchoredit_jax import editor, flow, sampler
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import stage1
-from anchoredit_jax.config_lib import check_values, number_in
+from anchoredit_jax.config_lib import check_values, number_in, one_of
 from anchoredit_jax.model import WanDiT
 from anchoredit_jax.stage1 import weighted_velocity_error
 
 # config.stage2 values the loss would otherwise take silently; turn weights 1 + alpha (k-1)/(K-1) stay >= 0
 SETTINGS = {**stage1.SETTINGS, "window": number_in(1, integer=True), "rollout_steps": number_in(1, integer=True),
-            "rollout_method": sampler.METHODS, "rollout_guidance": number_in(0),
+            "rollout_method": one_of(sampler.METHODS), "rollout_guidance": number_in(0),
             "ratio_start": number_in(0, 1), "ratio_end": number_in(0, 1),
             "ratio_ramp_start": number_in(0, integer=True), "ratio_ramp_end": number_in(0, integer=True),
             "turn_weight_alpha": number_in(-1), "kept_scale": number_in(0)}
