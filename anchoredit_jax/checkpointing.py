@@ -122,12 +122,13 @@ class PreemptionFlag:
         return self.requested
 
 
-def load_trained(workdir: str, *, which: str = "ema"):
+def load_trained(workdir: str, *, which: str = "ema", step: int | None = None):
     """A training workdir -> (experiment ConfigDict, DiTConfig, params) for editing/evaluation.
 
     which: "ema" (the EMA params if the run kept them, else the raw ones), "params" (raw, latest
-    step) or "best" (best validation loss). Errors name what is missing. A release folder
-    (anchoredit_jax.release) holds one set of weights: `which` does not apply to it.
+    step) or "best" (best validation loss). step: an earlier checkpoint the workdir still keeps
+    (None: the newest). Errors name what is missing. A release folder (anchoredit_jax.release)
+    holds one set of weights: `which` does not apply to it, and a `step` is refused.
     """
     import json
 
@@ -137,6 +138,8 @@ def load_trained(workdir: str, *, which: str = "ema"):
     from anchoredit_jax.config_lib import model_config
 
     if release.is_release(workdir):
+        if step is not None:
+            raise ValueError(f"{workdir} is a release: it holds the weights of one step, not step {step}")
         return release.load(workdir)
     workdir = os.path.abspath(workdir)
     cfg_path = os.path.join(workdir, "config.json")
@@ -149,14 +152,14 @@ def load_trained(workdir: str, *, which: str = "ema"):
         raise ValueError(f"which must be 'ema', 'params' or 'best', got {which!r}")
     root = os.path.join(workdir, sub)
     item = "params" if which == "best" else "state"
-    tree = restore_on_one_device(os.path.join(root, str(latest_step(root)), item))
+    tree = restore_on_one_device(os.path.join(root, str(pick_step(root, step)), item))
     if which != "best":
         tree = tree["ema"] if which == "ema" and tree.get("ema") is not None else tree["params"]
     return config, model_config(config), tree
 
 
-def trained_step(path: str, which: str = "ema") -> int:
-    """The step of the weights load_trained(path, which) returns (a release: the step it was made from)."""
+def trained_step(path: str, which: str = "ema", step: int | None = None) -> int:
+    """The step of the weights load_trained(path, which, step) returns (a release: the step it was made from)."""
     import json
 
     from anchoredit_jax import release
@@ -164,7 +167,18 @@ def trained_step(path: str, which: str = "ema") -> int:
     if release.is_release(path):
         with open(os.path.join(path, "release.json")) as f:
             return int(json.load(f)["step"])
-    return latest_step(os.path.join(path, "best" if which == "best" else "checkpoints"))
+    return pick_step(os.path.join(path, "best" if which == "best" else "checkpoints"), step)
+
+
+def pick_step(root: str, step: int | None = None) -> int:
+    """`step` if the checkpoint root keeps it, else FileNotFoundError naming the steps it keeps
+    (max_to_keep drops old ones); None: the newest."""
+    if step is None:
+        return latest_step(root)
+    kept = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    if step not in kept:
+        raise FileNotFoundError(f"{root} keeps no step {step} (it keeps {kept or 'none'})")
+    return step
 
 
 def latest_step(root: str) -> int:

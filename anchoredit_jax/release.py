@@ -1,6 +1,7 @@
 """A release: the few MB a user needs to edit with a trained run, nothing to train further with.
 
     python -m anchoredit_jax.release --checkpoint runs/stage2_shapes --weights ema --out weights/shapes_stage2
+    python -m anchoredit_jax.release --checkpoint runs/stage2_shapes --step 600 --out runs/s2_at600
 
 Layout (every tool that takes --checkpoint reads it, through checkpointing.load_trained):
   config.json   the run's experiment config, vae.workdir rewritten to "vae" (inside the release)
@@ -62,16 +63,18 @@ def check_same_latent_space(run_vae: str, other: str) -> None:
                          "only a decoder fine-tune of that VAE (train_vae --config.train.trainable=decoder) fits")
 
 
-def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: str = "float32") -> dict:
+def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: str = "float32",
+           step: int | None = None) -> dict:
     """Writes a release of `workdir` (a training or distillation workdir) to `out` -> release.json dict.
 
+    `step`: an earlier checkpoint the workdir keeps (None: the newest), e.g. to evaluate a run's course.
     `vae`: a train_vae workdir to ship in place of the run's VAE (checked: same latent space).
     `dtype`: how the DiT weights are stored ("bfloat16" halves the folder; the VAE stays float32)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists; a release is written to a new folder (nothing is overwritten)")
-    config, _, params = checkpointing.load_trained(workdir, which=which)
+    config, _, params = checkpointing.load_trained(workdir, which=which, step=step)
     vae_dir = config.vae.workdir
     for d in [vae_dir] + ([vae] if vae else []):
         if d != "random" and not os.path.exists(os.path.join(d, "latent_stats.json")):
@@ -98,7 +101,7 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: 
         f.write(config.to_json(indent=2))
     n_params = int(sum(np.size(x) for x in jax.tree.leaves(params)))
     info = {"source": os.path.normpath(workdir), "weights": which,
-            "step": checkpointing.trained_step(workdir, which), "dit_params": n_params, "dtype": dtype,
+            "step": checkpointing.trained_step(workdir, which, step), "dit_params": n_params, "dtype": dtype,
             "date": datetime.date.today().isoformat(),
             "vae_source": os.path.normpath(vae_dir)}
     if is_release(workdir):  # a release re-stored (e.g. as bfloat16): keep where the weights came from
@@ -135,9 +138,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="new folder")
     ap.add_argument("--vae", default="", help="ship this decoder fine-tune of the run's VAE instead of it")
     ap.add_argument("--dtype", default="float32", choices=DTYPES, help="how the DiT weights are stored")
+    ap.add_argument("--step", type=int, default=None, help="an earlier checkpoint the workdir keeps (default: newest)")
     args = ap.parse_args(argv)
     try:
-        info = export(args.checkpoint, args.out, which=args.weights, vae=args.vae, dtype=args.dtype)
+        info = export(args.checkpoint, args.out, which=args.weights, vae=args.vae, dtype=args.dtype, step=args.step)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 
 import chex
 import jax
@@ -233,6 +234,29 @@ def test_bfloat16_release_is_the_rounded_weights_widened_and_smaller(workdir, tm
     with pytest.raises(ValueError, match="dtype must be"):
         release.export(workdir, str(tmp_path / "x"), dtype="float16")
     assert not os.path.exists(str(tmp_path / "x"))
+
+
+def test_release_of_an_earlier_step_is_that_steps_ema(workdir, tmp_path, capsys):
+    """--step N releases the EMA of checkpoint N, not the newest; a step the run no longer keeps, or a
+    step asked of a release, is one error and writes nothing."""
+    import orbax.checkpoint as ocp
+
+    run = str(tmp_path / "run")
+    shutil.copytree(workdir, run)
+    state = checkpointing.restore_on_one_device(os.path.join(run, "checkpoints", "2", "state"))
+    later = dict(state, ema=jax.tree.map(lambda x: np.asarray(x) + 1.0, state["ema"]))
+    with ocp.StandardCheckpointer() as ck:  # a later checkpoint with other weights
+        ck.save(os.path.join(run, "checkpoints", "7", "state"), later)
+    chex.assert_trees_all_close(checkpointing.load_trained(run)[2], later["ema"])  # newest by default
+    out = str(tmp_path / "at2")
+    assert release.main(["--checkpoint", run, "--step", "2", "--out", out]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 2
+    chex.assert_trees_all_equal(checkpointing.load_trained(out)[2], checkpointing.load_trained(workdir)[2])
+    assert release.main(["--checkpoint", run, "--step", "3", "--out", str(tmp_path / "at3")]) == 1
+    assert "keeps no step 3 (it keeps [2, 7])" in capsys.readouterr().err
+    assert release.main(["--checkpoint", out, "--step", "2", "--out", str(tmp_path / "again")]) == 1
+    assert "is a release" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "at3") and not os.path.exists(tmp_path / "again")
 
 
 def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
