@@ -147,20 +147,27 @@ _BLOCK = [(r"proj\.weight", "proj/weight"),  # CLIP's visual_/text_projection, r
           (r"encoder\.layers\.(\d+)\.layer_norm(1|2)\.(weight|bias)", r"block_\1/ln\2/\3"),
           (r"encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"block_\1/\2/\3")]
 _RULES = {
-    "clip_vision": _BLOCK + [(r"embeddings\.class_embedding", "cls"), (r"embeddings\.patch_embedding\.weight", "patch/weight"),
-                             (r"embeddings\.position_embedding\.weight", "pos"), (r"pre_layrnorm\.(weight|bias)", r"pre_ln/\1"),
+    "clip_vision": _BLOCK + [(r"embeddings\.class_embedding", "cls"),
+                             (r"embeddings\.patch_embedding\.weight", "patch/weight"),
+                             (r"embeddings\.position_embedding\.weight", "pos"),
+                             (r"pre_layrnorm\.(weight|bias)", r"pre_ln/\1"),
                              (r"post_layernorm\.(weight|bias)", r"post_ln/\1")],
     "clip_text": _BLOCK + [(r"embeddings\.token_embedding\.weight", "tokens/embedding"),
-                           (r"embeddings\.position_embedding\.weight", "pos"), (r"final_layer_norm\.(weight|bias)", r"final_ln/\1")],
+                           (r"embeddings\.position_embedding\.weight", "pos"),
+                           (r"final_layer_norm\.(weight|bias)", r"final_ln/\1")],
     # transformers >= 5 names (layers.N.attention.q_proj ...) and the hub's older ones (encoder.layer.N...).
-    "vit": [(r"(?:layers|encoder\.layer)\.(\d+)\.attention\.(?:attention\.)?(q|k|v)(?:_proj|uery|ey|alue)\.(weight|bias)", r"block_\1/\2/\3"),
-            (r"(?:layers\.(\d+)\.attention\.o_proj|encoder\.layer\.(\d+)\.attention\.output\.dense)\.(weight|bias)", r"block_\1\2/out/\3"),
-            (r"(?:layers\.(\d+)\.mlp\.fc1|encoder\.layer\.(\d+)\.intermediate\.dense)\.(weight|bias)", r"block_\1\2/fc1/\3"),
+    "vit": [(r"(?:layers|encoder\.layer)\.(\d+)\.attention\.(?:attention\.)?(q|k|v)(?:_proj|uery|ey|alue)"
+             r"\.(weight|bias)", r"block_\1/\2/\3"),
+            (r"(?:layers\.(\d+)\.attention\.o_proj|encoder\.layer\.(\d+)\.attention\.output\.dense)\.(weight|bias)",
+             r"block_\1\2/out/\3"),
+            (r"(?:layers\.(\d+)\.mlp\.fc1|encoder\.layer\.(\d+)\.intermediate\.dense)\.(weight|bias)",
+             r"block_\1\2/fc1/\3"),
             (r"(?:layers\.(\d+)\.mlp\.fc2|encoder\.layer\.(\d+)\.output\.dense)\.(weight|bias)", r"block_\1\2/fc2/\3"),
             (r"(?:layers|encoder\.layer)\.(\d+)\.layernorm_before\.(weight|bias)", r"block_\1/ln1/\2"),
             (r"(?:layers|encoder\.layer)\.(\d+)\.layernorm_after\.(weight|bias)", r"block_\1/ln2/\2"),
             (r"embeddings\.cls_token", "cls"), (r"embeddings\.position_embeddings", "pos"),
-            (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch/\1"), (r"layernorm\.(weight|bias)", r"final_ln/\1")],
+            (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch/\1"),
+            (r"layernorm\.(weight|bias)", r"final_ln/\1")],
 }
 _IGNORED = re.compile(r"(.*position_ids|logit_scale|pooler\..*|embeddings\.mask_token)$")
 
@@ -304,7 +311,8 @@ def _clip_tokenizer(path: Path, length: int) -> Callable:
     try:
         tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     except Exception as e:  # noqa: BLE001 - missing file or bad JSON; one line for the user
-        raise FeatureNetError(f"{path}: cannot load the CLIP tokenizer from tokenizer.json ({type(e).__name__}: {e})") from None
+        raise FeatureNetError(f"{path}: cannot load the CLIP tokenizer from tokenizer.json "
+                              f"({type(e).__name__}: {e})") from None
     eos = tok.token_to_id("<|endoftext|>")
     if eos is None:
         raise FeatureNetError(f"{path}: tokenizer.json has no <|endoftext|> token: not a CLIP tokenizer")

@@ -58,7 +58,8 @@ def check_same_latent_space(run_vae: str, other: str) -> None:
     (_, ours, our_stats), (_, theirs, their_stats) = map(train_vae.load_trained_vae, (run_vae, other))
     same = [k for k in ENCODER_KEYS if k in ours["params"] and k in theirs["params"] and all(
         jax.tree.leaves(jax.tree.map(np.array_equal, ours["params"][k], theirs["params"][k])))]
-    if len(same) < len(ENCODER_KEYS) or (our_stats["mean"], our_stats["std"]) != (their_stats["mean"], their_stats["std"]):
+    same_stats = (our_stats["mean"], our_stats["std"]) == (their_stats["mean"], their_stats["std"])
+    if len(same) < len(ENCODER_KEYS) or not same_stats:
         raise ValueError(f"--vae {other}: its encoder or latent statistics differ from the run's VAE ({run_vae}); "
                          "only a decoder fine-tune of that VAE (train_vae --config.train.trainable=decoder) fits")
 

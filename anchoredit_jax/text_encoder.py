@@ -241,7 +241,8 @@ def load_params(path: str | Path | None = None, config: BertEncoderConfig | None
 # For machines reached through a transfer limit (the lent GPU: 64 MiB with the whole working tree):
 # MiniLM's 91 MB shrink to 12 MB (11.6 MiB). Matrices are int8 with a float16 scale per 64 inputs of a
 # row; the word embeddings keep only the rows of `keep_ids` (float16; launch/gpu_kit.py keeps 224 of
-# 30 522 tokens for ShapesEdit's instructions); the rest is float16. Tokenising a word whose row was dropped is an error (`tokenize`).
+# 30 522 tokens for ShapesEdit's instructions); the rest is float16. Tokenising a word whose row was
+# dropped is an error (`tokenize`).
 _WORDS = "embeddings.word_embeddings.weight"
 
 
@@ -332,7 +333,8 @@ def tokenize(texts: Sequence[str], max_length: int = 64,
         row = enc.ids
         if kept is not None and not kept.issuperset(row):
             raise ValueError(f"instruction {text!r} has tokens ({sorted(set(row) - kept)[:5]}) that the compact "
-                             f"text encoder in {_model_dir(model_dir)} dropped; rebuild it with them (launch/gpu_kit.py)")
+                             f"text encoder in {_model_dir(model_dir)} dropped; rebuild it with them "
+                             "(launch/gpu_kit.py)")
         if len(row) > max_length:
             warnings.warn(f"instruction {text[:40]!r}... has {len(row)} tokens > max_length="
                           f"{max_length}; truncated", stacklevel=2)

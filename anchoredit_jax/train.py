@@ -161,8 +161,9 @@ def setup_run(config: ml_collections.ConfigDict, workdir: str):
 def make_data(config: ml_collections.ConfigDict, kind: str):
     """grain loader of `kind` (pair | sequence), sharded per process and resumable -> (iterator, tokenize)."""
     tokenize = te.make_tokenize_fn(config.text.max_length)
-    loader = pipeline.make_loader(make_source(config.data), kind=kind, batch_size=config.batch_size // jax.process_count(),
-                                  seed=config.seed, tokenize=tokenize, first_turn_only=config.data.first_turn_only,
+    loader = pipeline.make_loader(make_source(config.data), kind=kind,
+                                  batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+                                  tokenize=tokenize, first_turn_only=config.data.first_turn_only,
                                   worker_count=config.data.worker_count,
                                   num_turns=config.data.num_turns if kind == "sequence" else None)
     return iter(loader), tokenize
@@ -248,7 +249,8 @@ def run_loop(config, workdir, *, state, step_fn, next_batch, data_iter, manager,
         raise ConfigError(f"resuming at step {start}, which is not a multiple of config.data.echo={echo}: "
                           "resume with the echo the run was saved with")
     # eval_every = 0: no held-out loss and no best checkpoint (smoke runs, tests, throughput probes)
-    evaluates = lambda done: config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps)  # noqa: E731
+    def evaluates(done):
+        return config.eval_every > 0 and (done % config.eval_every == 0 or done == total_steps)
     profiler = metrics.StepProfiler(config.get("profile"), os.path.join(workdir, "profile"), is_main, start)
     best = checkpointing.make_best_manager(workdir)
     writer = metrics.MetricWriter(workdir, enabled=is_main)

@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     first = rows[0][1]
     for label, p in rows:
         print(f"{label:44s}" + "{:9.2f} ± {:4.2f}".format(*paired_interval(p))
-              + "{:+9.2f} ± {:4.2f}".format(*paired_interval(p - first)) + f"{p.min():7.2f}{int(np.sum(p < ceiling - 6)):6d}")
+              + "{:+9.2f} ± {:4.2f}".format(*paired_interval(p - first))
+              + f"{p.min():7.2f}{int(np.sum(p < ceiling - 6)):6d}")
 
 
 if __name__ == "__main__":

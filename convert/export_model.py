@@ -85,7 +85,8 @@ def export(checkpoint: str, out: str, *, weights: str = "ema", dtype: str = "flo
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="training workdir (config.json + checkpoints/) or release folder")
+    ap.add_argument("--checkpoint", required=True,
+                    help="training workdir (config.json + checkpoints/) or release folder")
     ap.add_argument("--out", required=True, help="new (or empty) output folder")
     ap.add_argument("--weights", default="ema", choices=("ema", "params", "best"))
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),

@@ -199,7 +199,8 @@ def _parse_line(obj, where: str, root: str) -> SequenceRecord:
                                 path(t["mask"], f"turn {k} mask") if t.get("mask") is not None else None,
                                 str(t.get("edit_type", "")), caption.strip()))
     seed = obj.get("seed", -1)
-    return SequenceRecord(path(obj["source"], "source"), tuple(turns), where, int(seed) if isinstance(seed, int) else -1)
+    return SequenceRecord(path(obj["source"], "source"), tuple(turns), where,
+                          int(seed) if isinstance(seed, int) else -1)
 
 
 def read_jsonl(path: str, image_root: str | None = None, check_images: bool = True) -> list[SequenceRecord]:
@@ -247,7 +248,8 @@ def load_sequence(record: SequenceRecord, resolution=None, num_turns: int | None
         source=source,
         targets=np.stack([fit_image(t, hw, False) if t is not None else np.zeros((h, w, 3), np.uint8) for t in targets]
                          ).reshape(len(turns), h, w, 3),
-        masks=np.stack([fit_image(m, hw, True) if m is not None else np.zeros((h, w), bool) for m in masks]).reshape(len(turns), h, w),
+        masks=np.stack([fit_image(m, hw, True) if m is not None else np.zeros((h, w), bool) for m in masks]
+                       ).reshape(len(turns), h, w),
         instructions=[t.instruction for t in turns], edit_types=[t.edit_type for t in turns], seed=record.seed,
         captions=[t.caption for t in turns],
         has_target=np.array([t is not None for t in targets], bool).reshape(len(turns)),
@@ -344,8 +346,8 @@ def read_webdataset(paths, lang: str = "en", check_images: bool = True) -> list[
                 if not isinstance(t, str) or not t.strip():
                     raise DataFormatError(f"{where}: turn {k} has an empty or missing {lang!r} instruction")
             ref = lambda m: TarMember(tar_path, m.name, m.offset_data, m.size)  # noqa: E731
-            rec = SequenceRecord(ref(frames[0]), tuple(TurnRecord(t, ref(frames[k + 1])) for k, t in enumerate(texts_k)),
-                                 where)
+            rec = SequenceRecord(ref(frames[0]),
+                                 tuple(TurnRecord(t, ref(frames[k + 1])) for k, t in enumerate(texts_k)), where)
             if check_images:
                 _check_images(rec)
             records.append(rec)

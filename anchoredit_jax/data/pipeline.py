@@ -24,9 +24,10 @@ instruction "" and turn_valid 0. Sequences whose first turn has no target are le
 pad to a fixed L so that records batch. Strings never reach a batch (grain batches arrays).
 Determinism: record i depends only on i; the order depends only on `seed` (grain's IndexSampler
 shuffle, per epoch) and `worker_count` (with workers, grain batches within each worker; a saved
-state restores only into a loader with the same worker_count). Sharding: each JAX process reads a disjoint share (ShardByJaxProcess, or
-explicit `shard_options` for tests). Resume: `it = iter(loader)`; `it.get_state()` -> bytes,
-`it.set_state(bytes)` continues exactly (orbax: grain.checkpoint / PyGrainCheckpointHandler).
+state restores only into a loader with the same worker_count). Sharding: each JAX process reads a
+disjoint share (ShardByJaxProcess, or explicit `shard_options` for tests). Resume: `it = iter(loader)`;
+`it.get_state()` -> bytes, `it.set_state(bytes)` continues exactly (orbax: grain.checkpoint /
+PyGrainCheckpointHandler).
 """
 from __future__ import annotations
 

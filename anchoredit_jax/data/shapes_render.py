@@ -78,13 +78,15 @@ _EARS = {"pointy": _pair(("poly", [(-0.25, -0.22), (-0.21, -0.48), (-0.05, -0.35
          "round": _pair(("ellipse", -0.18, -0.33, 0.09, 0.09)),
          "long": [_rot_ellipse(-0.13, -0.43, 0.055, 0.16, -15), _rot_ellipse(0.13, -0.43, 0.055, 0.16, 15)],
          "horns": _pair(("poly", [(-0.17, -0.28), (-0.27, -0.42), (-0.24, -0.54), (-0.08, -0.33)])),
-         "antennae": _pair(("line", [(-0.06, -0.33), (-0.14, -0.5)], 0.025)) + _pair(("ellipse", -0.14, -0.51, 0.045, 0.045))}
+         "antennae": _pair(("line", [(-0.06, -0.33), (-0.14, -0.5)], 0.025))
+         + _pair(("ellipse", -0.14, -0.51, 0.045, 0.045))}
 _BODY = {"oval": [("ellipse", 0, 0.2, 0.24, 0.2)], "box": [("rrect", 0, 0.2, 0.22, 0.19, 0.07)],
          "pear": [("poly", [(0.25 * (0.8 + 0.2 * math.sin(t)) * math.cos(t), 0.2 + 0.2 * math.sin(t))
                             for t in np.linspace(0, 2 * math.pi, 48, endpoint=False)])]}
 _ARMS = [_rot_ellipse(-0.23, 0.17, 0.05, 0.09, 35), _rot_ellipse(0.23, 0.17, 0.05, 0.09, -35)]
 _FEET = _pair(("ellipse", -0.12, 0.41, 0.09, 0.05))
-_HEAD = {"round": ([("ellipse", 0, -0.15, 0.25, 0.23)], -0.38), "square": ([("rrect", 0, -0.15, 0.24, 0.21, 0.09)], -0.36),
+_HEAD = {"round": ([("ellipse", 0, -0.15, 0.25, 0.23)], -0.38),
+         "square": ([("rrect", 0, -0.15, 0.24, 0.21, 0.09)], -0.36),
          "wide": ([("ellipse", 0, -0.14, 0.3, 0.2)], -0.34)}  # (specs, y of the top of the head)
 _EYES = {"round": ([-0.1, 0.1], 0.07, 0.04), "sleepy": ([-0.1, 0.1], 0.07, 0.04), "big": ([-0.1, 0.1], 0.09, 0.055),
          "one": ([0.0], 0.11, 0.06)}  # (x positions, sclera radius, pupil radius); y = -0.17
