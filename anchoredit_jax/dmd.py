@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from anchoredit_jax import distill, editor, flow, metrics, optim, sampler, sharding
+from anchoredit_jax import config_lib, distill, editor, flow, metrics, optim, sampler, sharding
 from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import train as train_lib
 from anchoredit_jax.config_lib import ConfigError
@@ -59,18 +59,18 @@ class DMDState(flax.struct.PyTreeNode):
 GEN_METRICS = ("gen_loss", "dmd_grad", "grad_norm")
 
 
+SETTINGS = {"gen_every": config_lib.number_in(1, integer=True), "fake_warmup": config_lib.number_in(0, integer=True),
+            "num_steps": config_lib.number_in(1, integer=True), "t_min": config_lib.number_in(0, 1),
+            "t_max": config_lib.number_in(0, 1)}
+
+
 def check_config(config) -> None:
     """config.dmd's values and the optimiser settings DMD supports, a wrong one named (dmd() calls it
     before anything is loaded or written)."""
     cfg = config.dmd
     if config.optim.grad_accum_steps != 1:  # one generator update is already many fake-score steps
         raise ConfigError(f"DMD takes config.optim.grad_accum_steps=1, got {config.optim.grad_accum_steps}")
-    if cfg.gen_every < 1:
-        raise ConfigError(f"config.dmd.gen_every must be >= 1, got {cfg.gen_every}")
-    if cfg.fake_warmup < 0:
-        raise ConfigError(f"config.dmd.fake_warmup must be >= 0, got {cfg.fake_warmup}")
-    if cfg.num_steps < 1:
-        raise ConfigError(f"config.dmd.num_steps must be >= 1, got {cfg.num_steps}")
+    config_lib.check_values("dmd", cfg, SETTINGS)
     if not 0.0 <= cfg.t_min < cfg.t_max <= 1.0:
         raise ConfigError(f"config.dmd needs 0 <= t_min < t_max <= 1, got {cfg.t_min}, {cfg.t_max}")
 

@@ -14,27 +14,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from anchoredit_jax import sampler, stage1
+from anchoredit_jax import config_lib, sampler, stage1
 from anchoredit_jax.config_lib import ConfigError
 from anchoredit_jax.data.contact_sheet import save_contact_sheet
 from anchoredit_jax.data.shapes_edit import generate_sequence
 from anchoredit_jax.data.images import to_float, to_uint8
 
 
+VAL_SETTINGS = {key: config_lib.number_in(1, integer=True) for key in ("num_examples", "loss_examples", "batch_size")}
+VAL_SETTINGS["metric"] = config_lib.one_of(("flow_loss", "sample_mse"))
+
+
 def val_settings(v) -> tuple[int, int, int, str]:
     """config.val -> (preview pairs, loss pairs, pairs per call, metric); ConfigError naming a bad one."""
     n, n_preview = v.get("loss_examples", v.num_examples), v.num_examples
-    chunk = v.get("batch_size", min(n, 64))
-    for key, value in (("num_examples", n_preview), ("loss_examples", n), ("batch_size", chunk)):
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"config.val.{key} must be a positive integer, got {value!r}")
+    got = dict(num_examples=n_preview, loss_examples=n, batch_size=v.get("batch_size", min(n, 64)),
+               metric=v.get("metric", "flow_loss"))
+    config_lib.check_values("val", got, VAL_SETTINGS)
     if n_preview > n:
         raise ConfigError(f"config.val.num_examples ({n_preview}, the preview pairs) must not exceed "
                           f"config.val.loss_examples ({n}): the preview shows the first loss pairs")
-    metric = v.get("metric", "flow_loss")
-    if metric not in ("flow_loss", "sample_mse"):
-        raise ConfigError(f"config.val.metric must be 'flow_loss' or 'sample_mse', got {metric!r}")
-    return n_preview, n, chunk, metric
+    return n_preview, n, got["batch_size"], got["metric"]
 
 
 class Stage1Validation:

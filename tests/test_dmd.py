@@ -149,8 +149,10 @@ def test_resume_is_exact(full_run, tmp_path):
 
 
 def test_bad_config_is_named(tmp_path):
-    with pytest.raises(ValueError, match="dmd.gen_every"):
+    with pytest.raises(ValueError, match=r"config.dmd.gen_every must be an integer >= 1, got 0"):
         dmd.dmd(_config(**{"dmd.gen_every": 0}), str(tmp_path / "x"))
+    with pytest.raises(ValueError, match=r"config.dmd.fake_warmup must be an integer >= 0, got -1"):
+        dmd.dmd(_config(**{"dmd.fake_warmup": -1}), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="t_min < t_max"):
         dmd.dmd(_config(**{"dmd.t_min": 0.9, "dmd.t_max": 0.1}), str(tmp_path / "y"))
     with pytest.raises(ValueError, match="grad_accum_steps"):

@@ -70,8 +70,9 @@ def test_the_preview_shows_the_first_pairs_whichever_the_metric(setup, tmp_path)
 
 @pytest.mark.parametrize("val, match", [
     ({"num_examples": 8, "loss_examples": 4}, "num_examples .8, the preview pairs. must not exceed"),
-    ({"loss_examples": 0}, "val.loss_examples must be a positive integer, got 0"),
-    ({"batch_size": -1}, "val.batch_size must be a positive integer, got -1"),
+    ({"loss_examples": 0}, "val.loss_examples must be an integer >= 1, got 0"),
+    ({"batch_size": -1}, "val.batch_size must be an integer >= 1, got -1"),
+    ({"metric": "psnr"}, "val.metric must be one of .'flow_loss', 'sample_mse'., got 'psnr'"),
 ])
 def test_bad_counts_are_named(setup, val, match):
     with pytest.raises(ValueError, match=match):
