@@ -94,9 +94,9 @@ def export(workdir: str, out: str, *, which: str = "ema", vae: str = "", dtype: 
         os.makedirs(os.path.join(tmp, VAE, "checkpoints"))
         for name in ("vae_config.json", "latent_stats.json"):
             shutil.copy(os.path.join(vae_dir, name), os.path.join(tmp, VAE, name))
-        step = checkpointing.latest_step(os.path.join(vae_dir, "checkpoints"))
-        shutil.copytree(os.path.join(vae_dir, "checkpoints", str(step)),
-                        os.path.join(tmp, VAE, "checkpoints", str(step)))
+        vae_step = checkpointing.latest_step(os.path.join(vae_dir, "checkpoints"))
+        shutil.copytree(os.path.join(vae_dir, "checkpoints", str(vae_step)),
+                        os.path.join(tmp, VAE, "checkpoints", str(vae_step)))
         config.vae.workdir = VAE
     with open(os.path.join(tmp, "config.json"), "w") as f:
         f.write(config.to_json(indent=2))

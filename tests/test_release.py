@@ -166,6 +166,24 @@ def test_init_from_starts_the_ema_from_the_loaded_weights(workdir, tmp_path):
     chex.assert_trees_all_close(ema, loaded, rtol=1e-6, atol=1e-7)
 
 
+_TINY_VAE_STATS = {"mean": [0.0] * 16, "std": [1.0] * 16, "num_images": 1}
+
+
+def _tiny_vae_cfg():
+    from anchoredit_jax import vae as vae_lib
+    return vae_lib.WanVAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2), num_res_blocks=1, attn_scales=(),
+                                temperal_downsample=(False,), latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
+
+
+def _with_vae(run, vae_dir):
+    """Points the copied run `run` at the train_vae workdir `vae_dir`."""
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    config["vae"]["workdir"] = vae_dir
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(config, f)
+
+
 def _vae_workdir(path, cfg, params, stats):
     """A train_vae workdir (layout of anchoredit_jax.train_vae) holding `params`."""
     import orbax.checkpoint as ocp
@@ -180,13 +198,9 @@ def _vae_workdir(path, cfg, params, stats):
 
 def test_release_ships_a_decoder_finetune_only_if_the_encoder_is_the_runs(workdir, tmp_path):
     """--vae: a VAE with the run's encoder and stats replaces it; any other one is refused by name."""
-    import shutil
-
     from anchoredit_jax import train_vae
     from anchoredit_jax import vae as vae_lib
-    stats = {"mean": [0.0] * 16, "std": [1.0] * 16, "num_images": 1}
-    cfg = vae_lib.WanVAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2), num_res_blocks=1, attn_scales=(),
-                               temperal_downsample=(False,), latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
+    stats, cfg = _TINY_VAE_STATS, _tiny_vae_cfg()
     a = vae_lib.init_params(cfg, 0)
     b = jax.tree.map(lambda x: x, a)
     b["params"]["decoder"] = vae_lib.init_params(cfg, 1)["params"]["decoder"]  # a "fine-tuned" decoder
@@ -195,11 +209,7 @@ def test_release_ships_a_decoder_finetune_only_if_the_encoder_is_the_runs(workdi
         _vae_workdir(str(tmp_path / name), cfg, p, stats)
     run = str(tmp_path / "run")
     shutil.copytree(workdir, run)
-    with open(os.path.join(run, "config.json")) as f:
-        config = json.load(f)
-    config["vae"]["workdir"] = str(tmp_path / "vae_a")
-    with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump(config, f)
+    _with_vae(run, str(tmp_path / "vae_a"))
 
     out = str(tmp_path / "rel")
     assert release.main(["--checkpoint", run, "--out", out, "--vae", str(tmp_path / "vae_b")]) == 0
@@ -241,8 +251,12 @@ def test_release_of_an_earlier_step_is_that_steps_ema(workdir, tmp_path, capsys)
     step asked of a release, is one error and writes nothing."""
     import orbax.checkpoint as ocp
 
+    from anchoredit_jax import vae as vae_lib
     run = str(tmp_path / "run")
     shutil.copytree(workdir, run)
+    cfg = _tiny_vae_cfg()  # a VAE saved at step 1: the release's step must stay the DiT's
+    _vae_workdir(str(tmp_path / "vae"), cfg, vae_lib.init_params(cfg, 0), _TINY_VAE_STATS)
+    _with_vae(run, str(tmp_path / "vae"))
     state = checkpointing.restore_on_one_device(os.path.join(run, "checkpoints", "2", "state"))
     later = dict(state, ema=jax.tree.map(lambda x: np.asarray(x) + 1.0, state["ema"]))
     with ocp.StandardCheckpointer() as ck:  # a later checkpoint with other weights
