@@ -4,7 +4,7 @@
 #     S1=runs/stage1_ft OUT=runs/recipe bash launch/cpu_stages23.sh
 # S1: the stage-1 training workdir (its EMA weights are released first, to ${OUT}_s1) or release;
 # as shipped, the workdir of launch/cpu_stage1_ft.sh.
-# It makes ${OUT}_s2 (300 steps of teacher-forced stage 2, no history degradation), ${OUT}_blend
+# It makes ${OUT}_s2 (S2_STEPS=300 steps of teacher-forced stage 2, no history degradation), ${OUT}_blend
 # (half stage 1, half stage 2), ${OUT}_s3 (150 steps of consistency distillation from the blend),
 # ${OUT}_release (bfloat16, as shipped), ${OUT}_pairs.txt (benchmarks/edit_by_type.py) and ${OUT}_eval
 # (30 held-out turns, anchor and naive). Nothing that exists is overwritten: a finished step is
@@ -14,6 +14,7 @@
 # before was made with NOOP=0.0 from the H200 stage 1 itself, without launch/cpu_stage1_ft.sh).
 # KEPT: stage 2's kept_scale (default 1, as shipped: no change; README "Edit by edit" tried 8): the
 # error on the pixels earlier turns edited weighs KEPT times more outside this turn's mask.
+# S2_STEPS: stage 2's steps (default 300, as shipped; README "Edit by edit" ran 1200 on the CPU).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
@@ -24,6 +25,8 @@ case $UNTIL in all|blend) ;; *) echo "UNTIL: 'all' or 'blend', not '$UNTIL'" >&2
 KEPT=${KEPT:-1.0}
 python -c "import math, sys; k = float(sys.argv[1]); assert math.isfinite(k) and k >= 0" "$KEPT" 2>/dev/null \
   || { echo "KEPT: stage 2's kept_scale, a number >= 0, not '$KEPT'" >&2; exit 2; }
+S2_STEPS=${S2_STEPS:-300}
+[[ $S2_STEPS =~ ^[1-9][0-9]*$ ]] || { echo "S2_STEPS: stage 2's step count, a whole number >= 1, not '$S2_STEPS'" >&2; exit 2; }
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
@@ -38,7 +41,7 @@ fi
 say "stage 2 -> ${OUT}_s2"
 python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir "${OUT}_s2" --config.seed=3 \
   "${MODEL[@]}" "${DATA[@]}" --config.init_from="$S1" --config.stage2.outside_mask_weight=0.5 \
-  --config.num_steps=300 --config.optim.warmup_steps=20 --config.optim.lr=1e-5 \
+  --config.num_steps="$S2_STEPS" --config.optim.warmup_steps=20 --config.optim.lr=1e-5 \
   --config.stage2.ratio_ramp_end=200 --config.ema_decay=0.99 --config.checkpoint.every=100 \
   --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 --config.stage2.kept_scale="$KEPT" | tail -1
 say "blend -> ${OUT}_blend"

@@ -49,7 +49,7 @@ def _env(**extra):
     """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
     drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
             "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP",
-            "KEPT", "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
+            "KEPT", "S2_STEPS", "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env.update(extra)
     return env
@@ -160,14 +160,22 @@ def test_cpu_stages_refuses_a_bad_kept_scale_and_runs_nothing(tmp_path, kept):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("kept, want", [(None, "1.0"), ("8", "8")])
-def test_cpu_stages_passes_kept_to_stage_2_only(tmp_path, kept, want):
+@pytest.mark.parametrize("steps", ["0", "-5", "1e3", "300 "])
+def test_cpu_stages_refuses_a_bad_stage_2_step_count_and_runs_nothing(tmp_path, steps):
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1="runs/x", OUT="runs/y", S2_STEPS=steps))
+    assert res.returncode == 2 and f"S2_STEPS: stage 2's step count, a whole number >= 1, not '{steps}'" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kept, want, steps", [(None, "1.0", None), ("8", "8", "1200")])
+def test_cpu_stages_passes_kept_and_steps_to_stage_2_only(tmp_path, kept, want, steps):
     # a stand-in python records each call; UNTIL=blend stops after stage 2 and the blend
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(FAKE_PYTHON)
     (bin_dir / "python").chmod(0o755)
-    extra = {"KEPT": kept} if kept else {}
+    extra = dict({"KEPT": kept} if kept else {}, **({"S2_STEPS": steps} if steps else {}))
     env = _env(S1="runs/x", OUT="runs/y", UNTIL="blend", FAKE_OUT=str(tmp_path), **extra)
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path, env=env)
@@ -177,7 +185,8 @@ def test_cpu_stages_passes_kept_to_stage_2_only(tmp_path, kept, want):
     blend = [c for c in calls if c[:1] == ["benchmarks/blend_weights.py"]]
     assert len(train) == 1 and len(blend) == 1, calls
     assert f"--config.stage2.kept_scale={want}" in train[0] and "--config.stage2.ratio_end=0.0" in train[0]
-    assert not any("kept_scale" in arg for arg in blend[0])
+    assert f"--config.num_steps={steps or 300}" in train[0]
+    assert not any("kept_scale" in arg or "num_steps" in arg for arg in blend[0])
 
 
 # ---------------------------------------------------------------------------------------------- TPU
