@@ -175,15 +175,20 @@ def pick_step(root: str, step: int | None = None) -> int:
     (max_to_keep drops old ones); None: the newest."""
     if step is None:
         return latest_step(root)
-    kept = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    kept = kept_steps(root)
     if step not in kept:
         raise FileNotFoundError(f"{root} keeps no step {step} (it keeps {kept or 'none'})")
     return step
 
 
+def kept_steps(root: str) -> list[int]:
+    """The step folders under a checkpoint root, oldest first ([] if there is no such folder)."""
+    return sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+
+
 def latest_step(root: str) -> int:
     """The newest step folder under a checkpoint root; FileNotFoundError naming it if there is none."""
-    steps = sorted(int(s) for s in os.listdir(root) if s.isdigit()) if os.path.isdir(root) else []
+    steps = kept_steps(root)
     if not steps:
         raise FileNotFoundError(f"{root} holds no checkpoint")
     return steps[-1]
