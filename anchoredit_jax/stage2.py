@@ -9,7 +9,13 @@ At turn k:
      stop_gradient (params are stop-gradiented for everything but the loss call);
   3. the memory is updated with the generated frame (per example with probability `rollout_ratio`,
      scheduled from 0 = teacher forcing to 1 = full self-rollout), never the ground truth once
-     the ratio is 1; history degradation (degrade.py) corrupts what is written.
+     the ratio is 1; history degradation (degrade.py) corrupts what is written (with
+     `degrade.untouched_only`, only the pixels no known mask has touched so far: drift the anchor
+     can repair, never an edit the memory alone holds). Where no rollout is written,
+     `own_estimate` (a share, default 0) writes instead the model's one-step clean estimate
+     x_t - t v from step 1's own call, when its t is below `own_estimate_max_t` and its text was
+     not dropped: frames with the model's own small errors in them, at no extra model call
+     (scheduled sampling), so that copying the latest frame is not always right.
 The anchor is always the real source. Gradients flow only through step 1.
 """
 from __future__ import annotations
@@ -30,7 +36,8 @@ SETTINGS = {**stage1.SETTINGS, "window": number_in(1, integer=True), "rollout_st
             "rollout_method": one_of(sampler.METHODS), "rollout_guidance": number_in(0),
             "ratio_start": number_in(0, 1), "ratio_end": number_in(0, 1),
             "ratio_ramp_start": number_in(0, integer=True), "ratio_ramp_end": number_in(0, integer=True),
-            "turn_weight_alpha": number_in(-1), "kept_scale": number_in(0)}
+            "turn_weight_alpha": number_in(-1), "kept_scale": number_in(0),
+            "own_estimate": number_in(0, 1), "own_estimate_max_t": number_in(0, 1)}
 
 
 def check_settings(cfg) -> None:
@@ -51,10 +58,12 @@ def rollout_ratio(step, cfg):
 def draw(rng, b: int, k: int, latent_shape, cfg):
     """All randomness of one stage-2 loss, drawn up front: t [B, K], noise [B, K, h, w, C], ..."""
     kt, kn, kd, ku, kr = jax.random.split(rng, 5)
+    ko = jax.random.fold_in(rng, 1)  # not a sixth split: the five draws above stay those of earlier runs
     return {"t": flow.sample_timesteps(kt, (b, k), kind=cfg.timestep_sampling, shift=cfg.timestep_shift),
             "noise": jax.random.normal(kn, (b, k) + tuple(latent_shape)),
             "drop": jax.random.uniform(kd, (b, k)) < cfg.cfg_drop_prob,
             "use_rollout_u": jax.random.uniform(ku, (b, k)),
+            "own_estimate_u": jax.random.uniform(ko, (b, k)),
             "turn_keys": jax.random.split(kr, k)}
 
 
@@ -74,8 +83,9 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
       cfg: window, keep_anchor, rollout_steps, rollout_method, rollout_guidance, turn_weight_alpha,
         outside_mask_weight, kept_scale (optional, default 1: where earlier turns' known masks edited
         and this turn's does not, the error weighs outside_mask_weight * kept_scale: what must stay
-        as the latest frames have it, not as the source had it), cfg_drop_prob, timestep fields,
-        degrade (prob, vae_roundtrip unused here, ...).
+        as the latest frames have it, not as the source had it), own_estimate and own_estimate_max_t
+        (optional, default 0 and 0.5: see the module docstring), cfg_drop_prob, timestep fields,
+        degrade (prob, untouched_only (optional, default False), vae_roundtrip unused here, ...).
     Returns: (loss, aux) with per-turn losses in aux["turn_loss"] [K].
     """
     b, k1 = frames.shape[:2]
@@ -89,10 +99,11 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
                                       guidance=cfg.rollout_guidance)
 
     kept_scale = cfg.get("kept_scale", 1.0)
+    own_share, own_max_t = cfg.get("own_estimate", 0.0), cfg.get("own_estimate_max_t", 0.5)
 
     def body(carry, xs):
         mem, edited = carry  # edited [B, h, w]: what the known masks of earlier turns cover
-        z, text, mask, emask, hmask, t, noise, drop, use_u, key = xs
+        z, text, mask, emask, hmask, known, t, noise, drop, use_u, own_u, key = xs
         # 1. loss on the ground-truth target given the memory
         text_in = jnp.where(drop[:, None, None], nt, text)
         mask_in = jnp.where(drop[:, None], nm, mask)
@@ -112,20 +123,30 @@ def loss_fn(params, model: WanDiT, rng, *, frames, texts, text_masks, null_text,
                                   settings.num_steps, method=settings.method)
 
         gen = jax.lax.cond(jnp.any(use), rollout, lambda _: z, None)
-        frame = jnp.where(use[:, None, None, None], jax.lax.stop_gradient(gen), z)
+        own = (own_u < own_share) & (t < own_max_t) & ~drop  # a text-dropped call's estimate ignores the edit
+        frame = jnp.where(own[:, None, None, None], jax.lax.stop_gradient(flow.predict_x0(x_t, v, t)), z)
+        frame = jnp.where(use[:, None, None, None], jax.lax.stop_gradient(gen), frame)
         # 3. degrade what the memory keeps, then write it with the turn's own instruction
-        if cfg.degrade.prob > 0:
-            frame = degrade_lib.degrade(k_deg, frame, cfg.degrade)
-        mem = jax.lax.stop_gradient(mem_lib.update(model, frozen, mem, frame, text, mask))
         edited = jnp.maximum(edited, emask * hmask[:, None, None])
-        return (mem, edited), (per_example, jnp.mean(use.astype(jnp.float32)))
+        if cfg.degrade.prob > 0:
+            bad = degrade_lib.degrade(k_deg, frame, cfg.degrade)
+            if cfg.degrade.get("untouched_only", False):  # only where the anchor still holds the truth
+                spare = (edited > 0) | (known < 1)[:, None, None]
+                bad = jnp.where(spare[..., None], frame, bad)
+            frame = bad
+        mem = jax.lax.stop_gradient(mem_lib.update(model, frozen, mem, frame, text, mask))
+        share = lambda m: jnp.mean(m.astype(jnp.float32))  # noqa: E731
+        return (mem, edited), (per_example, share(use), share(own & ~use))
 
     swap = lambda x: jnp.moveaxis(x, 1, 0)  # noqa: E731  ([B, K, ...] -> [K, B, ...] for the scan)
-    xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(edit_masks), swap(has_mask), swap(d["t"]),
-          swap(d["noise"]), swap(d["drop"]), swap(d["use_rollout_u"]), d["turn_keys"])
+    known = jnp.cumprod(has_mask, axis=1)  # [B, K]: 1 while every turn so far has a known mask
+    xs = (swap(frames[:, 1:]), swap(texts), swap(text_masks), swap(edit_masks), swap(has_mask), swap(known),
+          swap(d["t"]), swap(d["noise"]), swap(d["drop"]), swap(d["use_rollout_u"]), swap(d["own_estimate_u"]),
+          d["turn_keys"])
     edited = jnp.zeros(edit_masks.shape[:1] + edit_masks.shape[2:])  # nothing edited before turn 1
-    _, (per_turn, used) = jax.lax.scan(body, (mem, edited), xs)  # per_turn [K, B]
+    _, (per_turn, used, owned) = jax.lax.scan(body, (mem, edited), xs)  # per_turn [K, B]
     w = turn_weights(k, cfg.turn_weight_alpha)[:, None] * swap(turn_valid)
     loss = jnp.sum(w * per_turn) / jnp.maximum(jnp.sum(w), 1e-8)
     turn_loss = jnp.sum(per_turn * swap(turn_valid), 1) / jnp.maximum(jnp.sum(swap(turn_valid), 1), 1e-8)
-    return loss, {"turn_loss": turn_loss, "rollout_frac": jnp.mean(used), "ratio": jnp.asarray(ratio, jnp.float32)}
+    return loss, {"turn_loss": turn_loss, "rollout_frac": jnp.mean(used), "own_frac": jnp.mean(owned),
+                  "ratio": jnp.asarray(ratio, jnp.float32)}

@@ -34,8 +34,13 @@ def get_config(arg: str = ""):
         turn_weight_alpha=1.0,  # w_k = 1 + alpha (k-1)/(K-1): later turns weigh up to 2x
         outside_mask_weight=2.0,
         kept_scale=1.0,  # > 1: the pixels earlier turns edited weigh more outside the mask (README, "Edit by edit")
+        # > 0: that share of the turns no rollout writes get the model's one-step estimate of the frame
+        # (x_t - t v of the loss's own call, when t < own_estimate_max_t) in memory instead of the truth
+        own_estimate=0.0, own_estimate_max_t=0.5,
         cfg_drop_prob=0.1, timestep_sampling="logit_normal", timestep_shift=1.0,
-        degrade=ml_collections.ConfigDict(dict(prob=0.15, colour=0.2, field=0.3, laplace=0.1, blur=1.0)),
+        # untouched_only: degrade only the pixels no edit has touched yet (the anchor still holds them)
+        degrade=ml_collections.ConfigDict(dict(prob=0.15, colour=0.2, field=0.3, laplace=0.1, blur=1.0,
+                                               untouched_only=False)),
     ))
     c.optim.lr = 1e-3 if test else 1e-4
     c.optim.warmup_steps = 1 if test else 100

@@ -96,6 +96,8 @@ def test_train_cli_reports_a_bad_config_value_in_one_line_before_touching_the_wo
     ("rollout_method", "rk4", "config.stage2.rollout_method must be one of ('euler', 'midpoint', 'fireflow',"),
     ("turn_weight_alpha", -2.0, "config.stage2.turn_weight_alpha must be a number >= -1, got -2.0"),
     ("cfg_drop_prob", -0.1, "config.stage2.cfg_drop_prob must be a number in [0, 1], got -0.1"),
+    ("own_estimate", 2.0, "config.stage2.own_estimate must be a number in [0, 1], got 2.0"),
+    ("own_estimate_max_t", -0.5, "config.stage2.own_estimate_max_t must be a number in [0, 1], got -0.5"),
 ])
 def test_stage2_settings_the_loss_would_take_silently_are_refused_by_name(key, value, message):
     from anchoredit_jax import stage2

@@ -73,6 +73,77 @@ def test_ratio_zero_equals_teacher_forcing(setup, kept_scale):
     assert diff <= 1e-5
 
 
+@pytest.mark.parametrize("max_t", [0.0, 1.0])
+def test_own_estimate_writes_the_one_step_estimate(setup, max_t):
+    """own_estimate=1: the memory of turn k holds x_t - t v of turns 1..k-1 (v from the loss's own call)
+    instead of the truth; checked against teacher forcing with those frames swapped in, one turn at a
+    time. max_t=0: nothing is swapped, so the loss is teacher forcing's."""
+    model, params, batch = setup
+    rng = jax.random.key(5)
+    cfg = _cfg(own_estimate=1.0, own_estimate_max_t=max_t)
+    _, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=cfg, **batch))(params)
+    d = stage2.draw(rng, B, K, (H, W, C), cfg)
+    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
+    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
+    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
+    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
+    x_t = flow.add_noise(batch["frames"], noise, t)
+    tf = jax.jit(lambda clean: model.apply({"params": params}, x_t, t, texts, masks,
+                                          jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)), mode="teacher_forcing",
+                                          clean=clean))
+    clean, ref = batch["frames"], []
+    for k in range(1, K + 1):  # turn k's velocity depends on frames 0..k-1 only, so k passes suffice
+        v = tf(clean)[:, k]
+        err = jnp.mean(jnp.square(v - flow.velocity_target(batch["frames"][:, k], d["noise"][:, k - 1])), -1)
+        weight = 1.0 + (1.0 - batch["edit_masks"][:, k - 1])
+        earlier = jnp.sum(batch["edit_masks"][:, : k - 1], 1) > 0
+        weight = jnp.where(earlier & (batch["edit_masks"][:, k - 1] == 0), 2.0, weight)
+        ref.append(float((jnp.sum(weight * err, (1, 2)) / jnp.sum(weight, (1, 2))).mean()))
+        if max_t > 0:
+            clean = clean.at[:, k].set(flow.predict_x0(x_t[:, k], v, d["t"][:, k - 1]))
+    diff = float(jnp.abs(aux["turn_loss"] - jnp.asarray(ref)).max())
+    assert diff <= 1e-5, (np.asarray(aux["turn_loss"]), ref)
+    assert float(aux["own_frac"]) == (1.0 if max_t > 0 else 0.0)
+    if max_t > 0:  # the swap matters: the truth in memory gives other losses from turn 2 on
+        _, tf_aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(), **batch))(params)
+        assert float(tf_aux["turn_loss"][0]) == pytest.approx(float(aux["turn_loss"][0]), abs=1e-6)
+        assert float(jnp.abs(tf_aux["turn_loss"][1:] - aux["turn_loss"][1:]).min()) > 1e-4
+
+
+def test_untouched_only_degrades_only_what_no_edit_touched(setup):
+    """degrade.untouched_only: turn k's memory holds frames 1..k-1 degraded (degrade.py, the turn's own
+    key) only where no mask of turns 1..j has touched; checked against teacher forcing with those
+    frames swapped in. A sequence with a turn of unknown mask is never degraded from that turn on."""
+    from anchoredit_jax import degrade as degrade_lib
+    model, params, batch = setup
+    batch = {**batch, "has_mask": batch["has_mask"].at[1, 1].set(0.0)}  # sequence 1, turn 2: mask unknown
+    rng = jax.random.key(7)
+    deg = dict(prob=1.0, colour=0.5, field=0.5, laplace=0.3, blur=1.0, untouched_only=True)
+    _, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(degrade=deg), **batch))(params)
+    d = stage2.draw(rng, B, K, (H, W, C), _cfg())
+    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
+    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
+    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
+    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
+    x_t = flow.add_noise(batch["frames"], noise, t)
+    clean = batch["frames"]
+    em = batch["edit_masks"] * batch["has_mask"][..., None, None]
+    for j in range(1, K):  # frame j as turn j writes it
+        k_deg = jax.random.split(d["turn_keys"][j - 1])[1]
+        bad = degrade_lib.degrade(k_deg, clean[:, j], ml_collections.ConfigDict(deg))
+        spare = (jnp.max(em[:, :j], 1) > 0) | (jnp.prod(batch["has_mask"][:, :j], 1) < 1)[:, None, None]
+        clean = clean.at[:, j].set(jnp.where(spare[..., None], clean[:, j], bad))
+    assert bool(jnp.all(clean[1, 2:] == batch["frames"][1, 2:]))  # unknown mask: left alone
+    assert float(jnp.abs(clean[0, 1] - batch["frames"][0, 1]).max()) > 0.1  # the rest is degraded ...
+    assert bool(jnp.any(jnp.all(clean[0, 1] == batch["frames"][0, 1], -1)))  # ... but not where turn 1 edited
+    v = model.apply({"params": params}, x_t, t, texts, masks, jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
+                    mode="teacher_forcing", clean=clean)[:, 1:]
+    err = jnp.mean(jnp.square(v - flow.velocity_target(batch["frames"][:, 1:], d["noise"])), -1)
+    weight = 1.0 + batch["has_mask"][..., None, None] * (1.0 - batch["edit_masks"])  # outside weight 2, mask known
+    ref = (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)
+    assert float(jnp.abs(aux["turn_loss"] - ref).max()) <= 1e-5, (np.asarray(aux["turn_loss"]), np.asarray(ref))
+
+
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
 def test_no_gradient_through_memory_or_rollouts(setup, ratio):
     model, params, batch = setup
