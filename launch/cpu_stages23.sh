@@ -15,6 +15,9 @@
 # KEPT: stage 2's kept_scale (default 1, as shipped: no change; README "Edit by edit" tried 8): the
 # error on the pixels earlier turns edited weighs KEPT times more outside this turn's mask.
 # S2_STEPS: stage 2's steps (default 300, as shipped; README "Edit by edit" ran 1200 on the CPU).
+# BLEND: stage 2's share of the distillation teacher (default 0.5, as shipped: the half-half blend);
+# BLEND=1 makes no blend and distils stage 2 itself (README "Edit by edit": weigh the anchor up at
+# editing time instead, --anchor-weight).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
@@ -27,6 +30,9 @@ python -c "import math, sys; k = float(sys.argv[1]); assert math.isfinite(k) and
   || { echo "KEPT: stage 2's kept_scale, a number >= 0, not '$KEPT'" >&2; exit 2; }
 S2_STEPS=${S2_STEPS:-300}
 [[ $S2_STEPS =~ ^[1-9][0-9]*$ ]] || { echo "S2_STEPS: stage 2's step count, a whole number >= 1, not '$S2_STEPS'" >&2; exit 2; }
+BLEND=${BLEND:-0.5}
+python -c "import sys; b = float(sys.argv[1]); assert 0 < b <= 1" "$BLEND" 2>/dev/null \
+  || { echo "BLEND: stage 2's share of the distillation teacher, a number in (0, 1], not '$BLEND'" >&2; exit 2; }
 MODEL=(--config.model.num_layers=8 --config.model.num_heads=8 --config.model.ffn_dim=1024)
 DATA=(--config.data.num_sequences=2000000 --config.vae.workdir=weights/shapes_stage3/vae
       --config.data.edit_weights.add=4.5 --config.data.edit_weights.move=4.5
@@ -44,12 +50,18 @@ python -m anchoredit_jax.train --config configs/stage2_shapes.py --workdir "${OU
   --config.num_steps="$S2_STEPS" --config.optim.warmup_steps=20 --config.optim.lr=1e-5 \
   --config.stage2.ratio_ramp_end=200 --config.ema_decay=0.99 --config.checkpoint.every=100 \
   --config.stage2.ratio_end=0.0 --config.stage2.degrade.prob=0.0 --config.stage2.kept_scale="$KEPT" | tail -1
-say "blend -> ${OUT}_blend"
-[ -e "${OUT}_blend" ] || python benchmarks/blend_weights.py --a "$S1" --b "${OUT}_s2" --alpha 0.5 --out "${OUT}_blend"
+if [[ $BLEND =~ ^1(\.0*)?$ ]]; then
+  TEACHER=${OUT}_s2
+  say "no blend (BLEND=1): stage 3 distils ${OUT}_s2"
+else
+  TEACHER=${OUT}_blend
+  say "blend -> ${OUT}_blend"
+  [ -e "${OUT}_blend" ] || python benchmarks/blend_weights.py --a "$S1" --b "${OUT}_s2" --alpha "$BLEND" --out "${OUT}_blend"
+fi
 if [ "$UNTIL" = blend ]; then say done; exit 0; fi
 say "stage 3 -> ${OUT}_s3"
 python -m anchoredit_jax.distill --config configs/stage3_shapes.py --workdir "${OUT}_s3" --config.seed=2 \
-  "${MODEL[@]}" "${DATA[@]}" --config.distill.teacher="${OUT}_blend" --config.num_steps=150 | tail -1
+  "${MODEL[@]}" "${DATA[@]}" --config.distill.teacher="$TEACHER" --config.num_steps=150 | tail -1
 say "release -> ${OUT}_release"
 [ -e "${OUT}_release" ] || python -m anchoredit_jax.release --checkpoint "${OUT}_s3" --dtype bfloat16 \
   --out "${OUT}_release" >/dev/null

@@ -49,7 +49,7 @@ def _env(**extra):
     """This environment without anything the scripts read (pytest's conftest sets XLA_FLAGS)."""
     drop = {"CONFIG", "WORKDIR", "DRY_RUN", "XLA_FLAGS", "JAX_LOCAL_DEVICE_IDS", "GPUS_PER_NODE", "VENV", "PYTHON",
             "MODULE", "REPO_DIR", "SRUN_ARGS", "NCCL_DEBUG", "XLA_PYTHON_CLIENT_MEM_FRACTION", "UNTIL", "NOOP",
-            "KEPT", "S2_STEPS", "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
+            "KEPT", "S2_STEPS", "BLEND", "S1_DIR", "S3_DIR", "LINEAGE", "RES"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
     env.update(extra)
     return env
@@ -166,6 +166,38 @@ def test_cpu_stages_refuses_a_bad_stage_2_step_count_and_runs_nothing(tmp_path, 
                          env=_env(S1="runs/x", OUT="runs/y", S2_STEPS=steps))
     assert res.returncode == 2 and f"S2_STEPS: stage 2's step count, a whole number >= 1, not '{steps}'" in res.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blend", ["0", "1.5", "half", "nan"])
+def test_cpu_stages_refuses_a_bad_blend_share_and_runs_nothing(tmp_path, blend):
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(S1="runs/x", OUT="runs/y", BLEND=blend))
+    assert res.returncode == 2, res.stderr
+    assert f"BLEND: stage 2's share of the distillation teacher, a number in (0, 1], not '{blend}'" in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blend, alpha", [(None, "0.5"), ("0.75", "0.75"), ("1", None), ("1.0", None)])
+def test_cpu_stages_blends_as_asked_and_distils_stage_2_itself_at_blend_1(tmp_path, blend, alpha):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "y_pairs.txt").write_text("model g=1\n")  # done already: skipped, and grep finds it
+    env = _env(S1="runs/x", OUT="runs/y", FAKE_OUT=str(tmp_path), **({"BLEND": blend} if blend else {}))
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    res = subprocess.run(["bash", CPU_STAGES], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr
+    calls = [c.strip("\0").split("\0") for c in (tmp_path / "calls").read_text().split("\n") if c]
+    blends = [c for c in calls if c[:1] == ["benchmarks/blend_weights.py"]]
+    distil = [c for c in calls if c[:2] == ["-m", "anchoredit_jax.distill"]]
+    assert len(distil) == 1, calls
+    if alpha is None:
+        assert blends == [] and "--config.distill.teacher=runs/y_s2" in distil[0]
+    else:
+        assert len(blends) == 1 and blends[0][blends[0].index("--alpha") + 1] == alpha
+        assert "--config.distill.teacher=runs/y_blend" in distil[0]
 
 
 @pytest.mark.parametrize("kept, want, steps", [(None, "1.0", None), ("8", "8", "1200")])
