@@ -43,6 +43,33 @@ def setup():
     return WanDiT(cfg), params, batch
 
 
+def _teacher_forcing(model, params, batch, d, kept_scale=1.0):
+    """The stage-2 turns of `batch` with draws `d` through mode="teacher_forcing" (clean frames 0..K,
+    noisy targets 1..K): returns (x_t [B, K+1, h, w, C], turns) where turns(clean [B, K+1, ...]) ->
+    (v [B, K, h, w, C], per-turn loss [K]) with the memory holding `clean`. The loss weights are
+    built here from the masks: outside a known mask 2 (_cfg's outside_mask_weight), and 2 * kept_scale
+    where earlier turns' known masks edited and this turn's does not."""
+    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
+    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
+    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
+    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
+    x_t = flow.add_noise(batch["frames"], noise, t)
+    known = batch["edit_masks"] * batch["has_mask"][..., None, None]  # [B, K, h, w]
+    outside = batch["has_mask"][..., None, None] * (1.0 - batch["edit_masks"])
+    earlier = jnp.cumsum(known, 1) - known > 0
+    weight = jnp.where((outside > 0) & earlier, 2.0 * kept_scale, 1.0 + outside)
+    apply = jax.jit(lambda clean: model.apply({"params": params}, x_t, t, texts, masks,
+                                             jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
+                                             mode="teacher_forcing", clean=clean)[:, 1:])
+
+    def turns(clean):
+        v = apply(clean)
+        err = jnp.mean(jnp.square(v - flow.velocity_target(batch["frames"][:, 1:], d["noise"])), -1)
+        return v, (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)
+
+    return x_t, turns
+
+
 @pytest.mark.parametrize("kept_scale", [1.0, 5.0])
 def test_ratio_zero_equals_teacher_forcing(setup, kept_scale):
     """Also with kept_scale: the error where earlier turns' masks edited and this turn's does not
@@ -51,22 +78,10 @@ def test_ratio_zero_equals_teacher_forcing(setup, kept_scale):
     rng = jax.random.key(3)
     loss, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(kept_scale=kept_scale),
                                                  **batch))(params)
-    # the same turns through mode="teacher_forcing": clean frames 0..K, noisy targets 1..K
-    d = stage2.draw(rng, B, K, (H, W, C), _cfg())
-    z = batch["frames"]
-    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
-    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
-    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
-    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
-    x_t = flow.add_noise(z, noise, t)
-    v = jax.jit(lambda p: model.apply({"params": p}, x_t, t, texts, masks, jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
-                                      mode="teacher_forcing", clean=z))(params)[:, 1:]
-    err = jnp.mean(jnp.square(v - flow.velocity_target(z[:, 1:], d["noise"])), -1)
-    weight = 1.0 + (1.0 - batch["edit_masks"])
     earlier = jnp.cumsum(batch["edit_masks"], 1) - batch["edit_masks"] > 0  # [B, K, h, w]
-    weight = jnp.where(earlier & (batch["edit_masks"] == 0), 2.0 * kept_scale, weight)
-    assert bool(jnp.any(earlier & (batch["edit_masks"] == 0)))  # the case is exercised
-    ref = (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)  # [K]
+    assert bool(jnp.any(earlier & (batch["edit_masks"] == 0)))  # the kept case is exercised
+    _, turns = _teacher_forcing(model, params, batch, stage2.draw(rng, B, K, (H, W, C), _cfg()), kept_scale)
+    ref = turns(batch["frames"])[1]  # [K]
     diff = float(jnp.abs(aux["turn_loss"] - ref).max())
     print(f"stage-2 ratio 0 vs teacher forcing, per turn: {np.asarray(aux['turn_loss'])} vs {np.asarray(ref)}, "
           f"max diff {diff:.1e}")
@@ -83,24 +98,13 @@ def test_own_estimate_writes_the_one_step_estimate(setup, max_t):
     cfg = _cfg(own_estimate=1.0, own_estimate_max_t=max_t)
     _, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=cfg, **batch))(params)
     d = stage2.draw(rng, B, K, (H, W, C), cfg)
-    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
-    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
-    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
-    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
-    x_t = flow.add_noise(batch["frames"], noise, t)
-    tf = jax.jit(lambda clean: model.apply({"params": params}, x_t, t, texts, masks,
-                                          jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)), mode="teacher_forcing",
-                                          clean=clean))
+    x_t, turns = _teacher_forcing(model, params, batch, d)
     clean, ref = batch["frames"], []
     for k in range(1, K + 1):  # turn k's velocity depends on frames 0..k-1 only, so k passes suffice
-        v = tf(clean)[:, k]
-        err = jnp.mean(jnp.square(v - flow.velocity_target(batch["frames"][:, k], d["noise"][:, k - 1])), -1)
-        weight = 1.0 + (1.0 - batch["edit_masks"][:, k - 1])
-        earlier = jnp.sum(batch["edit_masks"][:, : k - 1], 1) > 0
-        weight = jnp.where(earlier & (batch["edit_masks"][:, k - 1] == 0), 2.0, weight)
-        ref.append(float((jnp.sum(weight * err, (1, 2)) / jnp.sum(weight, (1, 2))).mean()))
+        v, loss = turns(clean)
+        ref.append(float(loss[k - 1]))
         if max_t > 0:
-            clean = clean.at[:, k].set(flow.predict_x0(x_t[:, k], v, d["t"][:, k - 1]))
+            clean = clean.at[:, k].set(flow.predict_x0(x_t[:, k], v[:, k - 1], d["t"][:, k - 1]))
     diff = float(jnp.abs(aux["turn_loss"] - jnp.asarray(ref)).max())
     assert diff <= 1e-5, (np.asarray(aux["turn_loss"]), ref)
     assert float(aux["own_frac"]) == (1.0 if max_t > 0 else 0.0)
@@ -121,11 +125,6 @@ def test_untouched_only_degrades_only_what_no_edit_touched(setup):
     deg = dict(prob=1.0, colour=0.5, field=0.5, laplace=0.3, blur=1.0, untouched_only=True)
     _, aux = jax.jit(lambda p: stage2.loss_fn(p, model, rng, ratio=0.0, cfg=_cfg(degrade=deg), **batch))(params)
     d = stage2.draw(rng, B, K, (H, W, C), _cfg())
-    texts = jnp.concatenate([jnp.broadcast_to(batch["null_text"], (B, 1, L, D)), batch["texts"]], 1)
-    masks = jnp.concatenate([jnp.broadcast_to(batch["null_mask"], (B, 1, L)), batch["text_masks"]], 1)
-    t = jnp.concatenate([jnp.zeros((B, 1)), d["t"]], 1)
-    noise = jnp.concatenate([jnp.zeros((B, 1, H, W, C)), d["noise"]], 1)
-    x_t = flow.add_noise(batch["frames"], noise, t)
     clean = batch["frames"]
     em = batch["edit_masks"] * batch["has_mask"][..., None, None]
     for j in range(1, K):  # frame j as turn j writes it
@@ -136,11 +135,7 @@ def test_untouched_only_degrades_only_what_no_edit_touched(setup):
     assert bool(jnp.all(clean[1, 2:] == batch["frames"][1, 2:]))  # unknown mask: left alone
     assert float(jnp.abs(clean[0, 1] - batch["frames"][0, 1]).max()) > 0.1  # the rest is degraded ...
     assert bool(jnp.any(jnp.all(clean[0, 1] == batch["frames"][0, 1], -1)))  # ... but not where turn 1 edited
-    v = model.apply({"params": params}, x_t, t, texts, masks, jnp.broadcast_to(jnp.arange(K + 1), (B, K + 1)),
-                    mode="teacher_forcing", clean=clean)[:, 1:]
-    err = jnp.mean(jnp.square(v - flow.velocity_target(batch["frames"][:, 1:], d["noise"])), -1)
-    weight = 1.0 + batch["has_mask"][..., None, None] * (1.0 - batch["edit_masks"])  # outside weight 2, mask known
-    ref = (jnp.sum(weight * err, (2, 3)) / jnp.sum(weight, (2, 3))).mean(0)
+    ref = _teacher_forcing(model, params, batch, d)[1](clean)[1]
     assert float(jnp.abs(aux["turn_loss"] - ref).max()) <= 1e-5, (np.asarray(aux["turn_loss"]), np.asarray(ref))
 
 
