@@ -33,7 +33,7 @@ def get_config(arg: str = ""):
         ratio_ramp_start=0, ratio_ramp_end=3 if test else 300,  # ... over these steps
         turn_weight_alpha=1.0,  # w_k = 1 + alpha (k-1)/(K-1): later turns weigh up to 2x
         outside_mask_weight=2.0,
-        kept_scale=1.0,  # > 1: the pixels earlier turns edited weigh more outside the mask (README, "Edit by edit")
+        kept_scale=1.0,  # > 1: the pixels earlier turns edited weigh more outside the mask (docs/persistence.md)
         # > 0: that share of the turns no rollout writes get the model's one-step estimate of the frame
         # (x_t - t v of the loss's own call, when t < own_estimate_max_t) in memory instead of the truth
         own_estimate=0.0, own_estimate_max_t=0.5,
