@@ -62,7 +62,8 @@ def mcie_settings(args, *, guidance: float, shift: float) -> mcie.MCIESettings:
 
 # The options `Session` reads, with the CLI's defaults (anchoredit_jax.edit's flags; `Editor`'s keywords)
 OPTIONS = dict(weights="ema", method="anchoredit", window=None, no_anchor=False, steps=None, sampler=None,
-               guidance=None, shift=None, anchor_weight=None, vae="", **{field: None for _, field, _, _ in MCIE_FLAGS})
+               guidance=None, shift=None, anchor_weight=None, anchor_gate=None, vae="",
+               **{field: None for _, field, _, _ in MCIE_FLAGS})
 
 
 def check_options(o, cli: bool = True) -> None:
@@ -82,6 +83,9 @@ def check_options(o, cli: bool = True) -> None:
     if o.anchor_weight is not None and (o.anchor_weight <= 0 or o.method == "mcie" or o.no_anchor):
         raise ValueError(f"{name('anchor_weight')} must be > 0 and weighs AnchorEdit's anchor: not with "
                          f"{name('method')} mcie or {name('no_anchor')}, got {o.anchor_weight}")
+    if o.anchor_gate is not None and (not o.anchor_gate > 0 or o.anchor_weight in (None, 1.0)):
+        raise ValueError(f"{name('anchor_gate')} must be > 0 and gates {name('anchor_weight')} (give a weight "
+                         f"other than 1), got {o.anchor_gate}")
     given = [field for _, field, _, _ in MCIE_FLAGS if getattr(o, field) is not None]
     if o.method != "mcie" and given:
         raise ValueError(f"{name(given[0])} is an MCIE option; add " + ("--method mcie" if cli else "method='mcie'"))
@@ -188,7 +192,8 @@ class Session:
         else:
             self.settings = editor.SamplerSettings(
                 num_steps=args.steps or val.get("sample_steps", 20), method=args.sampler or val.get("sampler", "euler"),
-                shift=shift, guidance=guidance, anchor_weight=args.anchor_weight or 1.0)
+                shift=shift, guidance=guidance, anchor_weight=args.anchor_weight or 1.0,
+                anchor_gate=args.anchor_gate or 0.0)
             turn, start = editor.edit_turn, editor.start
         self.turn = jax.jit(functools.partial(turn, model, self.settings))
         self._start = jax.jit(functools.partial(start, model, window=self.window, keep_anchor=self.keep_anchor))
@@ -239,7 +244,8 @@ class Session:
             image_policy="to RGB (alpha over white), cover-resize (Lanczos) + centre crop to the model resolution",
             settings=dict(window=self.window, anchor=self.keep_anchor, steps=s.num_steps, sampler=s.method,
                           guidance=s.guidance, shift=s.shift,
-                          anchor_weight=getattr(s, "anchor_weight", None) if self.keep_anchor else None),
+                          anchor_weight=getattr(s, "anchor_weight", None) if self.keep_anchor else None,
+                          anchor_gate=getattr(s, "anchor_gate", None) if self.keep_anchor else None),
             method=args.method, **({"mcie": dataclasses.asdict(s)} if args.method == "mcie" else {}),
             seed=args.seed, warnings=self.warnings, turn_fn_cache_size=self.turn._cache_size(),
             memory_bytes=self.memory_bytes,

@@ -31,6 +31,7 @@ class SamplerSettings:
     shift: float = 1.0
     guidance: float = 3.0  # classifier-free guidance on the instruction; 1.0 = none
     anchor_weight: float = 1.0  # memory.read: < 1 weighs the anchor's attention share down (1: as trained)
+    anchor_gate: float = 0.0  # memory.read: > 0 weighs only the anchor tokens the newest frame left unchanged
 
 
 def start(model: WanDiT, params, source, null_text, null_mask, *, window: int, keep_anchor: bool = True):
@@ -49,7 +50,7 @@ def _times(t, b: int):
 
 
 def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask, *,
-                model_kwargs=None, anchor_weight: float = 1.0):
+                model_kwargs=None, anchor_weight: float = 1.0, anchor_gate: float = 0.0):
     """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch.
     t: a scalar (samplers) or per-example times [B] (distillation).
 
@@ -58,7 +59,7 @@ def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mas
     """
     b = text.shape[0]
     two = lambda x, axis=0: jnp.concatenate([x, x], axis=axis)  # noqa: E731
-    m = mem_lib.read(mem, anchor_weight)
+    m = mem_lib.read(mem, anchor_weight, anchor_gate)
     m2 = {name: two(x, 1 if name in ("k", "v") else 0) for name, x in m.items()}
     pos = two(mem_lib.query_position(mem))[:, None]
     texts = jnp.concatenate([text, null_text])[:, None]
@@ -73,13 +74,13 @@ def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mas
 
 
 def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask,
-                       scale: float, anchor_weight: float = 1.0):
+                       scale: float, anchor_weight: float = 1.0, anchor_gate: float = 0.0):
     """(x, t) -> v with CFG at `scale`; at scale 1 (e.g. a distilled model, guidance baked in) only the
     conditional branch is run, so a turn costs one DiT pass per step instead of two."""
     if scale != 1.0:
         return sampler.guided(velocity_fn(model, params, mem, text, text_mask, null_text, null_mask,
-                                          anchor_weight=anchor_weight), scale)
-    m = mem_lib.read(mem, anchor_weight)
+                                          anchor_weight=anchor_weight, anchor_gate=anchor_gate), scale)
+    m = mem_lib.read(mem, anchor_weight, anchor_gate)
     pos = mem_lib.query_position(mem)[:, None]
     b = text.shape[0]
     return lambda x, t: model.apply({"params": params}, x[:, None], _times(t, b), text[:, None],
@@ -89,7 +90,7 @@ def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, t
 def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_mask, null_text, null_mask, rng):
     """One turn: text [B, L, D], text_mask [B, L] -> (latent [B, h, w, C], memory with the latent)."""
     fn = guided_velocity_fn(model, params, mem, text, text_mask, null_text, null_mask, settings.guidance,
-                            settings.anchor_weight)
+                            settings.anchor_weight, settings.anchor_gate)
     noise = jax.random.normal(rng, (text.shape[0],) + mem.latent_shape)
     latent = sampler.sample(fn, noise, settings.num_steps,
                             method=settings.method, shift=settings.shift, rng=jax.random.fold_in(rng, 1))

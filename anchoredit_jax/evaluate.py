@@ -114,20 +114,38 @@ def anchor_weights(args) -> list[float]:
     return vals
 
 
+def anchor_gates(args) -> list[float]:
+    """--anchor-gates "0,0.2" -> [0.0, 0.2] (each >= 0; 0: the weight on every anchor token). A gate
+    applies to the weights other than 1 (memory.read); weight 1 runs once, ungated."""
+    text = args.anchor_gates or "0"
+    try:
+        vals = [float(v) for v in text.split(",") if v]
+    except ValueError:
+        raise EvalError(f"--anchor-gates {text!r}: expected comma-separated numbers") from None
+    if not vals or min(vals) < 0:
+        raise EvalError(f"--anchor-gates {text!r}: each must be >= 0")
+    if max(vals) > 0 and all(w == 1 for w in anchor_weights(args)):
+        raise EvalError(f"--anchor-gates {text!r} gates an anchor weight: add --anchor-weights with one "
+                        "other than 1")
+    return vals
+
+
 def make_methods(args, vals: dict[str, dict]) -> list[Method]:
     """The grid checkpoints x presets x steps x samplers; vals: checkpoint name -> its config's `val`
     section, which supplies the sampler settings not given on the command line (as in the edit CLI)."""
     presets, steps, samplers = method_grid(args)
-    weights = anchor_weights(args)
+    weights, gates = anchor_weights(args), anchor_gates(args)
     out = []
     for ck, val in vals.items():
-        for p, n, s, a in itertools.product(presets, steps, samplers, weights):
+        for p, n, s, a, g in itertools.product(presets, steps, samplers, weights, gates):
+            if a == 1 and g:  # nothing to gate
+                continue
             name = (f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
-                    + (f"/a{a:g}" if len(weights) > 1 or a != 1 else ""))
+                    + (f"/a{a:g}" if len(weights) > 1 or a != 1 else "") + (f"/g{g:g}" if g else ""))
             settings = editor.SamplerSettings(
                 num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
                 guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
-                shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0), anchor_weight=a)
+                shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0), anchor_weight=a, anchor_gate=g)
             out.append(Method(name, ck, settings=settings, **parse_preset(p)))
     return out
 
@@ -330,6 +348,7 @@ def run(args) -> dict:
     presets = method_grid(args)[0]  # bad method names and lists fail before the slow loading
     if anchor_weights(args) != [1.0] and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
         raise EvalError("--anchor-weights applies to AnchorEdit's memory: leave out the mcie, copy and truth methods")
+    anchor_gates(args)  # a bad gate list fails before the slow loading
     edit_cli.check_out_dir(args.out, args.overwrite)
     nets = load_feature_nets(args)
     loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
@@ -381,6 +400,9 @@ def parse_args(argv):
     ap.add_argument("--shift", type=float, default=None, help="timestep shift (default: config val)")
     ap.add_argument("--anchor-weights", default=None, help="e.g. 1,0.5: the anchor's attention weight (memory.read; "
                                                            "1 as trained); comma list = one method each")
+    ap.add_argument("--anchor-gates", default=None, help="e.g. 0,0.2: weigh only the anchor tokens the newest frame "
+                                                         "has not changed (memory.read's anchor_gate; 0 = all); "
+                                                         "comma list = one method each, with each weight but 1")
     ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
                                                       "(jsonl if --jsonl is given)")
     ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")

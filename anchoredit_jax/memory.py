@@ -4,6 +4,9 @@ State (a pytree of fixed shape, so it is the carry of `lax.scan` over turns):
   k, v   [L, B, S, N, H, hd]  per layer keys (RMS-normalised, WITHOUT RoPE) and values
   valid  [B, S]               slots holding a frame; always a prefix (what cuDNN's key lengths need)
   count  []                   frames written so far (the source is frame 0)
+  source [B, h, w, C]         the source latent (float32), kept to tell what later frames changed
+  change [B, N]               per token, the newest frame's mean squared latent distance from the
+                              source (0 until a second frame): what `read`'s anchor gate looks at
 with S = 1 + W when the anchor is kept (slot 0 = the source, forever) and S = W without it.
 
 RoPE positions are assigned when the memory is read, by slot: anchor at 0, window slots 1..W,
@@ -15,6 +18,7 @@ sits where turn W+1 sat in training. Training (stage 2) and inference share this
 from __future__ import annotations
 
 import chex
+import einops
 import flax
 import jax
 import jax.numpy as jnp
@@ -29,6 +33,8 @@ class AnchorMemory:
     v: jax.Array
     valid: jax.Array
     count: jax.Array
+    source: jax.Array
+    change: jax.Array
     window: int = flax.struct.field(pytree_node=False)
     keep_anchor: bool = flax.struct.field(pytree_node=False)
     latent_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)  # (h, w, C) of one frame
@@ -53,7 +59,9 @@ def init_memory(config: DiTConfig, batch: int, latent_hw: tuple[int, int], *, wi
     shape = (config.num_layers, batch, slots, tokens, config.num_heads, config.head_dim)
     dtype = jnp.dtype(dtype or config.dtype)
     return AnchorMemory(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, slots), bool),
-                        count=jnp.zeros((), jnp.int32), window=window, keep_anchor=keep_anchor,
+                        count=jnp.zeros((), jnp.int32),
+                        source=jnp.zeros((batch, h, w, config.in_channels), jnp.float32),
+                        change=jnp.zeros((batch, tokens), jnp.float32), window=window, keep_anchor=keep_anchor,
                         latent_shape=(h, w, config.in_channels))
 
 
@@ -68,16 +76,21 @@ def query_position(mem: AnchorMemory):
     return (_offset(mem) + n_window).astype(jnp.int32)
 
 
-def read(mem: AnchorMemory, anchor_weight: float = 1.0) -> dict:
+def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0) -> dict:
     """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S].
 
     anchor_weight (static, > 0): 1 reads the memory as trained; w != 1 adds log w to the attention
     logits of the anchor's keys (a "bias" entry), so the anchor's share of every query's attention
     is weighed by w before renormalising: below 1 the source counts less against the recent turns.
+    anchor_gate (static, >= 0; 0: off): the weight goes only to the anchor's keys at tokens the
+    newest frame has not changed, `change < anchor_gate` (bias [B, S, N]), so weighing the anchor up
+    holds untouched regions to the source without drawing back what earlier turns edited.
     (On a GPU that bias goes to cuDNN's attention with the key lengths; not yet run on one.)
     """
     if not anchor_weight > 0:
         raise ValueError(f"anchor_weight must be > 0, got {anchor_weight}")
+    if not anchor_gate >= 0:
+        raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
     b, s = mem.valid.shape
     slot = jnp.arange(s, dtype=jnp.int32)
     if mem.keep_anchor:
@@ -86,7 +99,12 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0) -> dict:
         pos = slot
     out = {"k": mem.k, "v": mem.v, "positions": jnp.broadcast_to(pos, (b, s)), "valid": mem.valid}
     if mem.keep_anchor and anchor_weight != 1.0:
-        out["bias"] = jnp.broadcast_to(jnp.where(slot == 0, np.log(anchor_weight), 0.0).astype(jnp.float32), (b, s))
+        per_slot = jnp.where(slot == 0, np.log(anchor_weight), 0.0).astype(jnp.float32)
+        if anchor_gate:
+            unchanged = (mem.change < anchor_gate)[:, None, :]  # [B, 1, N]
+            out["bias"] = jnp.where(unchanged, per_slot[None, :, None], 0.0)  # [B, S, N]
+        else:
+            out["bias"] = jnp.broadcast_to(per_slot, (b, s))
     return out
 
 
@@ -124,4 +142,8 @@ def update(model: WanDiT, params, mem: AnchorMemory, clean, text, text_mask) -> 
     b = clean.shape[0]
     _, kv = model.apply({"params": params}, clean[:, None], jnp.zeros((b, 1)), text[:, None], text_mask[:, None],
                         query_position(mem)[:, None], mode="memory", memory=read(mem), return_kv=True)
-    return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0])
+    source = jnp.where(mem.count == 0, clean.astype(jnp.float32), mem.source)
+    _, ph, pw = model.config.patch_size
+    sq = jnp.mean(jnp.square(clean.astype(jnp.float32) - source), axis=-1)  # [B, h, w]
+    change = einops.reduce(sq, "b (h p1) (w p2) -> b (h w)", "mean", p1=ph, p2=pw)
+    return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0]).replace(source=source, change=change)

@@ -325,8 +325,8 @@ class WanDiT(StoredParams, nn.Module):
           mode: one of MODES.
           clean: teacher_forcing only: [B, K, h, w, C] clean frames at t=0 (same positions and text).
           memory: memory mode only: dict k, v [L, B, S, N, H, hd] (no RoPE), positions [B, S],
-            valid [B, S] (valid slots first), optionally bias [B, S]: added to the self-attention
-            logits of each slot's keys (memory.read's anchor weight).
+            valid [B, S] (valid slots first), optionally bias [B, S] or [B, S, N]: added to the
+            self-attention logits of each slot's (or token's) keys (memory.read's anchor weight).
           return_kv: also return {"k", "v"}: [L, B, K, N, H, hd] of the frames in `latents`.
           xattn_scale: optional [B, K, N] per-token scale of the cross-attention probabilities.
           xattn_probe: optional [B, K, L] token weights: also return {"xattn_maps": [L, B, K, N]}.
@@ -393,8 +393,15 @@ class WanDiT(StoredParams, nn.Module):
                 raise ValueError(f"memory holds {memory['k'].shape[3]} tokens per frame, the frames have {n}")
             ctx["mem_rope"] = rope_cos_sin(c, memory["positions"], hp, wp)
             ctx["mem_lengths"] = memory["valid"].astype(jnp.int32).sum(-1) * n
-            if "bias" in memory:  # [B, S] per slot -> [B, S * N] per key
-                ctx["mem_bias"] = jnp.repeat(memory["bias"].astype(jnp.float32), n, axis=-1)
+            if "bias" in memory:  # [B, S] per slot or [B, S, N] per token -> [B, S * N] per key
+                bias = memory["bias"].astype(jnp.float32)
+                s = memory["k"].shape[2]
+                if bias.ndim == 2:
+                    chex.assert_shape(bias, (b, s))
+                    ctx["mem_bias"] = jnp.repeat(bias, n, axis=-1)
+                else:
+                    chex.assert_shape(bias, (b, s, n))
+                    ctx["mem_bias"] = bias.reshape(b, s * n)
             mem = (memory["k"], memory["v"])
 
         # 3. Blocks, scanned over layers (stacked params, one compiled block).

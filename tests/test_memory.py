@@ -99,6 +99,36 @@ def test_anchor_weight_biases_only_the_anchor_slot(setup):
     assert float(jnp.abs(weighed(1.0) - base).max()) == 0.0 and float(jnp.abs(weighed(0.25) - base).max()) > 1e-4
 
 
+def test_anchor_gate_weighs_only_the_anchor_tokens_the_newest_frame_left(setup):
+    """memory.update records the source and, per token, the newest frame's mean squared distance from
+    it; read's gate puts log w on the anchor's unchanged tokens only. A gate above every change is the
+    ungated weight, a gate below every change weight 1 (same turn, to float rounding)."""
+    model, params, null_text, null_mask = setup
+    rng = np.random.default_rng(4)
+    src = jnp.asarray(rng.standard_normal((B, H, W, C)), jnp.float32)
+    m = editor.start(model, params, src, null_text, null_mask, window=2)
+    np.testing.assert_array_equal(m.source, src)
+    assert m.change.shape == (B, (H // 2) * (W // 2)) and not np.asarray(m.change).any()
+    frame = (src + 0.02).at[:, :2, :2].add(3.0).at[:, 2:, 2:].add(0.1)  # token 0 edited, all drifted a little
+    text, mask = (x[0] for x in _texts(rng, 1))
+    m = mem_lib.update(model, params, m, frame, text, mask)
+    np.testing.assert_array_equal(m.source, src)  # the source stays
+    np.testing.assert_allclose(m.change, np.broadcast_to([3.02**2, 4e-4, 4e-4, 0.12**2], (B, 4)), rtol=1e-4)
+    bias = np.asarray(mem_lib.read(m, 4.0, 0.5)["bias"])  # [B, S, N]
+    np.testing.assert_allclose(bias, np.broadcast_to([[0.0, np.log(4.0), np.log(4.0), np.log(4.0)]] + [[0.0] * 4] * 2,
+                                                     (B, 3, 4)), rtol=1e-6)
+    with pytest.raises(ValueError, match="anchor_gate must be >= 0"):
+        mem_lib.read(m, 4.0, -1.0)
+
+    def turn(**kw):
+        return editor.edit_turn(model, editor.SamplerSettings(num_steps=2, **kw), params, m, text, mask, null_text,
+                                null_mask, jax.random.key(0))[0]
+
+    np.testing.assert_allclose(turn(anchor_weight=4.0, anchor_gate=100.0), turn(anchor_weight=4.0), atol=1e-5)
+    np.testing.assert_allclose(turn(anchor_weight=4.0, anchor_gate=1e-4), turn(), atol=1e-5)
+    assert float(jnp.abs(turn(anchor_weight=4.0, anchor_gate=0.5) - turn(anchor_weight=4.0)).max()) > 1e-4
+
+
 def test_fixed_size_and_one_compilation_over_30_turns(setup):
     model, params, null_text, null_mask = setup
     rng = np.random.default_rng(2)
