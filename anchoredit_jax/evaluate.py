@@ -145,7 +145,8 @@ def make_methods(args, vals: dict[str, dict]) -> list[Method]:
             settings = editor.SamplerSettings(
                 num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
                 guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
-                shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0), anchor_weight=a, anchor_gate=g)
+                shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0),
+                anchor_weight=a, anchor_gate=g)
             out.append(Method(name, ck, settings=settings, **parse_preset(p)))
     return out
 

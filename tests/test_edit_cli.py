@@ -340,7 +340,8 @@ def test_python_editor_matches_the_cli_and_branches(ckpt, source_png, batch_runs
                 dict(anchor_weight=0.5, no_anchor=True)):
         with pytest.raises(ValueError, match="anchor_weight must be > 0 and weighs AnchorEdit's anchor"):
             Editor(ckpt, **bad)
-    for bad in (dict(anchor_gate=0.2), dict(anchor_gate=0.2, anchor_weight=1.0), dict(anchor_gate=0.0, anchor_weight=4)):
+    for bad in (dict(anchor_gate=0.2), dict(anchor_gate=0.2, anchor_weight=1.0),
+                dict(anchor_gate=0.0, anchor_weight=4)):
         with pytest.raises(ValueError, match="anchor_gate must be > 0 and gates anchor_weight"):
             Editor(ckpt, **bad)
     weighed = Editor(ckpt, anchor_weight=0.5)

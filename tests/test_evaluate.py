@@ -203,7 +203,8 @@ def test_method_registry_and_names():
     for bad in ("0", "x"):
         with pytest.raises(evaluate.EvalError, match="--anchor-weights"):
             evaluate.anchor_weights(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--anchor-weights", bad]))
-    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--anchor-weights", "1,4", "--anchor-gates", "0,0.5"])
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--anchor-weights", "1,4",
+                                "--anchor-gates", "0,0.5"])
     got = [(m.name, m.settings.anchor_weight, m.settings.anchor_gate) for m in evaluate.make_methods(args, {"s": {}})
            if m.name.startswith("s/anchor_w4")]  # weight 1 once: nothing to gate
     assert got == [("s/anchor_w4/a1", 1.0, 0.0), ("s/anchor_w4/a4", 4.0, 0.0), ("s/anchor_w4/a4/g0.5", 4.0, 0.5)]
