@@ -447,3 +447,24 @@ def test_moves_history_turn_one_memories_agree(capsys):
     by = {(int(t), m): (float(a), float(b)) for t, _, m, a, b in rows}
     assert sorted({t for t, _ in by}) == [1, 2]
     assert by[1, "previous"] == by[1, "anchor"] and by[2, "previous"] != by[2, "anchor"]
+
+
+def test_anchor_gate_distances_splits_tokens_by_the_masks_so_far():
+    """benchmarks/anchor_gate_distances.py: a token is touched from the first turn a known mask covers
+    any of its pixels (unknown masks ignored), and the statistics split the distances by it."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import anchor_gate_distances as agd
+
+    masks = np.zeros((3, 1, 4, 4), bool)
+    masks[0, 0, 0, 0] = True  # turn 1: token (0, 0)
+    masks[1, 0, 3, 3] = True  # turn 2: a mask that is not known
+    masks[2, 0, 2, 1] = True  # turn 3: token (1, 0)
+    got = agd.touched_tokens(masks, np.array([[True], [False], [True]]), (2, 2))
+    want = np.zeros((3, 1, 2, 2), bool)
+    want[:, 0, 0, 0], want[2, 0, 1, 0] = True, True
+    np.testing.assert_array_equal(got, want)
+    dist = np.where(want, 1.0, 0.01)
+    stats = agd.split_stats(dist, want)
+    assert stats["touched"][0] == 4 and stats["untouched"][0] == 8
+    assert stats["untouched"][2][agd.GATES.index(0.05)] == 1.0 and stats["touched"][2][-1] == 0.0
