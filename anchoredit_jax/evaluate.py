@@ -102,31 +102,29 @@ def method_grid(args) -> tuple[list[str], list[int | None], list[str | None]]:
     return presets, steps, samplers
 
 
-def anchor_weights(args) -> list[float]:
-    """--anchor-weights "1,0.5" -> [1.0, 0.5] (each > 0; default [1.0]: the memory as trained)."""
-    text = args.anchor_weights or "1"
+def _float_list(text: str, flag: str, *, positive: bool) -> list[float]:
+    """A comma list of numbers, each > 0 (positive) or >= 0; one EvalError naming `flag` otherwise."""
     try:
         vals = [float(v) for v in text.split(",") if v]
     except ValueError:
-        raise EvalError(f"--anchor-weights {text!r}: expected comma-separated numbers") from None
-    if not vals or min(vals) <= 0:
-        raise EvalError(f"--anchor-weights {text!r}: each must be > 0")
+        raise EvalError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    if not vals or min(vals) < 0 or (positive and min(vals) == 0):
+        raise EvalError(f"{flag} {text!r}: each must be {'>' if positive else '>='} 0")
     return vals
+
+
+def anchor_weights(args) -> list[float]:
+    """--anchor-weights "1,0.5" -> [1.0, 0.5] (each > 0; default [1.0]: the memory as trained)."""
+    return _float_list(args.anchor_weights or "1", "--anchor-weights", positive=True)
 
 
 def anchor_gates(args) -> list[float]:
     """--anchor-gates "0,0.2" -> [0.0, 0.2] (each >= 0; 0: the weight on every anchor token). A gate
     applies to the weights other than 1 (memory.read); weight 1 runs once, ungated."""
-    text = args.anchor_gates or "0"
-    try:
-        vals = [float(v) for v in text.split(",") if v]
-    except ValueError:
-        raise EvalError(f"--anchor-gates {text!r}: expected comma-separated numbers") from None
-    if not vals or min(vals) < 0:
-        raise EvalError(f"--anchor-gates {text!r}: each must be >= 0")
+    vals = _float_list(args.anchor_gates or "0", "--anchor-gates", positive=False)
     if max(vals) > 0 and all(w == 1 for w in anchor_weights(args)):
-        raise EvalError(f"--anchor-gates {text!r} gates an anchor weight: add --anchor-weights with one "
-                        "other than 1")
+        raise EvalError(f"--anchor-gates {args.anchor_gates!r} gates an anchor weight: add --anchor-weights with "
+                        "one other than 1")
     return vals
 
 
