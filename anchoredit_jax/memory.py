@@ -134,6 +134,13 @@ def write(mem: AnchorMemory, k_new, v_new) -> AnchorMemory:
     return mem.replace(k=k, v=v, valid=valid, count=mem.count + 1)
 
 
+def token_change(frame, source, patch: tuple[int, int]):
+    """Per token, the mean squared latent distance of `frame` from `source` (what `change` holds):
+    frame, source [..., h, w, C] -> [..., h // ph, w // pw] for patch (ph, pw)."""
+    sq = jnp.mean(jnp.square(frame.astype(jnp.float32) - source.astype(jnp.float32)), axis=-1)
+    return einops.reduce(sq, "... (h p1) (w p2) -> ... h w", "mean", p1=patch[0], p2=patch[1])
+
+
 def update(model: WanDiT, params, mem: AnchorMemory, clean, text, text_mask) -> AnchorMemory:
     """Writes an accepted frame: one DiT pass at t=0, in memory mode, with its own instruction.
 
@@ -143,7 +150,5 @@ def update(model: WanDiT, params, mem: AnchorMemory, clean, text, text_mask) -> 
     _, kv = model.apply({"params": params}, clean[:, None], jnp.zeros((b, 1)), text[:, None], text_mask[:, None],
                         query_position(mem)[:, None], mode="memory", memory=read(mem), return_kv=True)
     source = jnp.where(mem.count == 0, clean.astype(jnp.float32), mem.source)
-    _, ph, pw = model.config.patch_size
-    sq = jnp.mean(jnp.square(clean.astype(jnp.float32) - source), axis=-1)  # [B, h, w]
-    change = einops.reduce(sq, "b (h p1) (w p2) -> b (h w)", "mean", p1=ph, p2=pw)
+    change = token_change(clean, source, model.config.patch_size[1:]).reshape(b, -1)  # [B, N], row-major tokens
     return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0]).replace(source=source, change=change)

@@ -15,22 +15,21 @@ import argparse
 
 import einops
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from anchoredit_jax import eval_methods
+from anchoredit_jax import memory as mem_lib
 from anchoredit_jax import evaluate as ev
 from anchoredit_jax.data.images import to_float
 
 GATES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 
-def touched_tokens(masks, has_mask, hw: tuple[int, int]):
-    """masks [K, B, H, W] bool, has_mask [K, B] -> [K, B, h, w]: tokens any known mask of turns <= k covers."""
-    k, b, big_h, big_w = masks.shape
-    h, w = hw
-    known = masks & has_mask[..., None, None]
-    per_turn = known.reshape(k, b, h, big_h // h, w, big_w // w).any((3, 5))
+def touched_tokens(cells, has_mask, patch: tuple[int, int]):
+    """cells [K, B, h, w] (the edit masks on the latent grid, Encoders.latent_mask), has_mask [K, B] ->
+    [K, B, h // ph, w // pw] bool: tokens any known mask of turns <= k covers."""
+    known = (np.asarray(cells) > 0) & np.asarray(has_mask)[..., None, None]
+    per_turn = einops.reduce(known, "k b (h p1) (w p2) -> k b h w", "max", p1=patch[0], p2=patch[1])
     return np.logical_or.accumulate(per_turn, axis=0)
 
 
@@ -65,12 +64,10 @@ def main(argv=None):
         src = encode(ld.frozen, to_float(data.source[idx]))
         lat = run_fn(ld.params, src, np.swapaxes(text[idx], 0, 1), np.swapaxes(tmask[idx], 0, 1),
                      jax.random.fold_in(jax.random.key(args.seed), bi))
-        _, ph, pw = ld.model.config.patch_size  # per token, as memory.update measures it
-        sq = jnp.mean(jnp.square(lat - src[None]), -1)  # [K, B, h, w]
-        d = np.asarray(einops.reduce(sq, "k b (h p1) (w p2) -> k b h w", "mean", p1=ph, p2=pw))
-        dist.append(d[:, :real])
-        t = touched_tokens(np.swapaxes(data.masks[idx], 0, 1), np.swapaxes(data.has_mask[idx], 0, 1), d.shape[2:])
-        touched.append(t[:, :real])
+        patch = ld.model.config.patch_size[1:]
+        dist.append(np.asarray(mem_lib.token_change(lat, src[None], patch))[:, :real])  # [K, B, h, w]
+        cells = ld.enc.latent_mask(np.swapaxes(data.masks[idx], 0, 1))
+        touched.append(touched_tokens(cells, np.swapaxes(data.has_mask[idx], 0, 1), patch)[:, :real])
     for name, (n, q, below) in split_stats(np.concatenate(dist, 1), np.concatenate(touched, 1)).items():
         print(f"{name:9s} tokens {n:6d}  quantiles 10/25/50/75/90/99%: " + " ".join(f"{x:.3f}" for x in q))
         print(" " * 10 + "share below gate " + ", ".join(f"{g:g}: {s:.2f}" for g, s in zip(GATES, below)))

@@ -456,11 +456,11 @@ def test_anchor_gate_distances_splits_tokens_by_the_masks_so_far():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import anchor_gate_distances as agd
 
-    masks = np.zeros((3, 1, 4, 4), bool)
-    masks[0, 0, 0, 0] = True  # turn 1: token (0, 0)
-    masks[1, 0, 3, 3] = True  # turn 2: a mask that is not known
-    masks[2, 0, 2, 1] = True  # turn 3: token (1, 0)
-    got = agd.touched_tokens(masks, np.array([[True], [False], [True]]), (2, 2))
+    cells = np.zeros((3, 1, 4, 4), np.float32)  # latent cells, tokens of 2 x 2 cells
+    cells[0, 0, 0, 0] = 1  # turn 1: token (0, 0)
+    cells[1, 0, 3, 3] = 1  # turn 2: a mask that is not known
+    cells[2, 0, 2, 1] = 1  # turn 3: token (1, 0)
+    got = agd.touched_tokens(cells, np.array([[True], [False], [True]]), (2, 2))
     want = np.zeros((3, 1, 2, 2), bool)
     want[:, 0, 0, 0], want[2, 0, 1, 0] = True, True
     np.testing.assert_array_equal(got, want)
