@@ -12,12 +12,12 @@
 # blend (stage 2 and the blend alone, for evaluating the lineage stage by stage). NOOP: the share of
 # no-op turns stages 2 and 3 draw (default 0.1, as shipped since 2026-12-06; the model shipped
 # before was made with NOOP=0.0 from the H200 stage 1 itself, without launch/cpu_stage1_ft.sh).
-# KEPT: stage 2's kept_scale (default 1, as shipped: no change; docs/persistence.md "Edit by edit" tried 8): the
-# error on the pixels earlier turns edited weighs KEPT times more outside this turn's mask.
-# S2_STEPS: stage 2's steps (default 300, as shipped; docs/persistence.md "Edit by edit" ran 1200 on the CPU).
-# BLEND: stage 2's share of the distillation teacher (default 0.5, as shipped: the half-half blend);
-# BLEND=1 makes no blend and distils stage 2 itself (docs/persistence.md "Edit by edit": weigh the anchor up at
-# editing time instead, --anchor-weight).
+# KEPT: stage 2's kept_scale (default 1, as shipped: no change; docs/persistence.md "Edit by edit"
+# tried 8): the error on the pixels earlier turns edited weighs KEPT times more outside this turn's mask.
+# S2_STEPS: stage 2's steps (default 300, as shipped; docs/persistence.md "Edit by edit" ran 1200 on
+# the CPU). BLEND: stage 2's share of the distillation teacher (default 0.5, as shipped: the
+# half-half blend); BLEND=1 makes no blend and distils stage 2 itself (docs/persistence.md "Edit by
+# edit": weigh the anchor up at editing time instead, --anchor-weight).
 set -euo pipefail
 S1=${S1:?set S1 to the stage-1 workdir or release}
 OUT=${OUT:?set OUT to the prefix of what this makes, e.g. runs/recipe}
