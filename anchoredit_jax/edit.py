@@ -293,6 +293,9 @@ def parse_args(argv):
     ap.add_argument("--anchor-gate", type=float,
                     help="with --anchor-weight: weigh only the anchor tokens the newest frame has not changed "
                          "(mean squared latent distance from the source below this; e.g. 0.2)")
+    ap.add_argument("--latest-weight", type=float,
+                    help="the newest frame's share of attention, weighed (1: as trained; 2 keeps more of the "
+                         "last edits and a little less of the subject, docs/persistence.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")

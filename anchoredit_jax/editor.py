@@ -32,6 +32,12 @@ class SamplerSettings:
     guidance: float = 3.0  # classifier-free guidance on the instruction; 1.0 = none
     anchor_weight: float = 1.0  # memory.read: < 1 weighs the anchor's attention share down (1: as trained)
     anchor_gate: float = 0.0  # memory.read: > 0 weighs only the anchor tokens the newest frame left unchanged
+    latest_weight: float = 1.0  # memory.read: > 1 weighs the newest frame's attention share up (1: as trained)
+
+    @property
+    def read_kw(self) -> dict:
+        """memory.read's keywords: how the memory is weighed when read."""
+        return dict(anchor_weight=self.anchor_weight, anchor_gate=self.anchor_gate, latest_weight=self.latest_weight)
 
 
 def start(model: WanDiT, params, source, null_text, null_mask, *, window: int, keep_anchor: bool = True):
@@ -50,16 +56,16 @@ def _times(t, b: int):
 
 
 def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask, *,
-                model_kwargs=None, anchor_weight: float = 1.0, anchor_gate: float = 0.0):
+                model_kwargs=None, read_kw: dict | None = None):
     """(x [B, h, w, C], t) -> (v_cond, v_uncond) for the next frame; both branches in one batch.
     t: a scalar (samplers) or per-example times [B] (distillation).
 
     model_kwargs: optional extra model.apply arguments for the batched [cond; uncond] call (leading
-    dim 2B), e.g. MCIE's xattn_scale.
+    dim 2B), e.g. MCIE's xattn_scale. read_kw: memory.read's weights (SamplerSettings.read_kw).
     """
     b = text.shape[0]
     two = lambda x, axis=0: jnp.concatenate([x, x], axis=axis)  # noqa: E731
-    m = mem_lib.read(mem, anchor_weight, anchor_gate)
+    m = mem_lib.read(mem, **(read_kw or {}))
     m2 = {name: two(x, 1 if name in ("k", "v") else 0) for name, x in m.items()}
     pos = two(mem_lib.query_position(mem))[:, None]
     texts = jnp.concatenate([text, null_text])[:, None]
@@ -74,13 +80,13 @@ def velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mas
 
 
 def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, text_mask, null_text, null_mask,
-                       scale: float, anchor_weight: float = 1.0, anchor_gate: float = 0.0):
+                       scale: float, read_kw: dict | None = None):
     """(x, t) -> v with CFG at `scale`; at scale 1 (e.g. a distilled model, guidance baked in) only the
     conditional branch is run, so a turn costs one DiT pass per step instead of two."""
     if scale != 1.0:
         return sampler.guided(velocity_fn(model, params, mem, text, text_mask, null_text, null_mask,
-                                          anchor_weight=anchor_weight, anchor_gate=anchor_gate), scale)
-    m = mem_lib.read(mem, anchor_weight, anchor_gate)
+                                          read_kw=read_kw), scale)
+    m = mem_lib.read(mem, **(read_kw or {}))
     pos = mem_lib.query_position(mem)[:, None]
     b = text.shape[0]
     return lambda x, t: model.apply({"params": params}, x[:, None], _times(t, b), text[:, None],
@@ -90,7 +96,7 @@ def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, t
 def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_mask, null_text, null_mask, rng):
     """One turn: text [B, L, D], text_mask [B, L] -> (latent [B, h, w, C], memory with the latent)."""
     fn = guided_velocity_fn(model, params, mem, text, text_mask, null_text, null_mask, settings.guidance,
-                            settings.anchor_weight, settings.anchor_gate)
+                            settings.read_kw)
     noise = jax.random.normal(rng, (text.shape[0],) + mem.latent_shape)
     latent = sampler.sample(fn, noise, settings.num_steps,
                             method=settings.method, shift=settings.shift, rng=jax.random.fold_in(rng, 1))

@@ -76,7 +76,7 @@ def query_position(mem: AnchorMemory):
     return (_offset(mem) + n_window).astype(jnp.int32)
 
 
-def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0) -> dict:
+def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0, latest_weight: float = 1.0) -> dict:
     """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S].
 
     anchor_weight (static, > 0): 1 reads the memory as trained; w != 1 adds log w to the attention
@@ -85,10 +85,14 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0
     anchor_gate (static, >= 0; 0: off): the weight goes only to the anchor's keys at tokens the
     newest frame has not changed, `change < anchor_gate` (bias [B, S, N]), so weighing the anchor up
     holds untouched regions to the source without drawing back what earlier turns edited.
+    latest_weight (static, > 0): likewise log w on the newest window frame's keys (once there is one
+    besides the anchor): above 1 the last output counts more against the older frames and the
+    anchor, so what the last turn edited is kept more (and its errors are carried on).
     (On a GPU that bias goes to cuDNN's attention with the key lengths; not yet run on one.)
     """
-    if not anchor_weight > 0:
-        raise ValueError(f"anchor_weight must be > 0, got {anchor_weight}")
+    for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
+        if not w > 0:
+            raise ValueError(f"{name} must be > 0, got {w}")
     if not anchor_gate >= 0:
         raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
     b, s = mem.valid.shape
@@ -105,6 +109,12 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0
             out["bias"] = jnp.where(unchanged, per_slot[None, :, None], 0.0)  # [B, S, N]
         else:
             out["bias"] = jnp.broadcast_to(per_slot, (b, s))
+    if latest_weight != 1.0:
+        newest = mem.valid.sum(-1, keepdims=True) - 1  # [B, 1]: valid is a prefix
+        is_latest = (slot == newest) & (newest >= int(mem.keep_anchor))  # not the anchor itself
+        latest = jnp.where(is_latest, np.log(latest_weight), 0.0).astype(jnp.float32)  # [B, S]
+        bias = out.get("bias", jnp.zeros((b, s), jnp.float32))
+        out["bias"] = bias + (latest[:, :, None] if bias.ndim == 3 else latest)
     return out
 
 

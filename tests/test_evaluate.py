@@ -212,6 +212,13 @@ def test_method_registry_and_names():
                 ["--anchor-gates", "0.5"]):
         with pytest.raises(evaluate.EvalError, match="--anchor-gates"):
             evaluate.anchor_gates(evaluate.parse_args(["--checkpoint", "x", "--out", "o"] + bad))
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--methods", "anchor_w4", "--latest-weights", "1,2",
+                                "--anchor-weights", "4", "--anchor-gates", "0.5"])
+    got = [(m.name, m.settings.read_kw) for m in evaluate.make_methods(args, {"s": {}})]
+    assert got == [("s/anchor_w4/a4/g0.5/l1", dict(anchor_weight=4.0, anchor_gate=0.5, latest_weight=1.0)),
+                   ("s/anchor_w4/a4/g0.5/l2", dict(anchor_weight=4.0, anchor_gate=0.5, latest_weight=2.0))]
+    with pytest.raises(evaluate.EvalError, match="--latest-weights"):
+        evaluate.latest_weights(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--latest-weights", "0"]))
     assert evaluate.parse_checkpoint("a=runs/x@params", "ema") == ("a", "runs/x", "params")
     assert evaluate.parse_checkpoint("runs/stage1/", "best") == ("stage1", "runs/stage1/", "best")
     assert set(evaluate.METHODS) >= {"anchoredit"}

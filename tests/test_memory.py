@@ -129,6 +129,42 @@ def test_anchor_gate_weighs_only_the_anchor_tokens_the_newest_frame_left(setup):
     assert float(jnp.abs(turn(anchor_weight=4.0, anchor_gate=0.5) - turn(anchor_weight=4.0)).max()) > 1e-4
 
 
+def test_latest_weight_biases_the_newest_window_frame(setup):
+    """memory.read's latest_weight puts log w on the newest window slot (wherever the window has got
+    to, with or without the anchor), on top of the anchor's bias; with the source alone in memory
+    there is no newest frame to weigh, so the first turn is the unweighed one."""
+    model, params, null_text, null_mask = setup
+    cfg, lw = model.config, np.log(2.0)
+    rng = np.random.default_rng(5)
+    src = jnp.asarray(rng.standard_normal((B, H, W, C)), jnp.float32)
+    text, mask = (x[0] for x in _texts(rng, 1))
+    m = editor.start(model, params, src, null_text, null_mask, window=2)  # slots: anchor, 2 window
+    np.testing.assert_array_equal(mem_lib.read(m, latest_weight=2.0)["bias"], np.zeros((B, 3)))
+
+    def turn(mem, **kw):
+        return editor.edit_turn(model, editor.SamplerSettings(num_steps=2, **kw), params, mem, text, mask, null_text,
+                                null_mask, jax.random.key(0))[0]
+
+    np.testing.assert_allclose(turn(m, latest_weight=2.0), turn(m), atol=1e-5)
+    expect = [[0, lw, 0], [0, 0, lw], [0, 0, lw]]  # after 1, 2 and 3 edits (the window then shifts)
+    for k in range(3):
+        m = mem_lib.update(model, params, m, src + k + 1, text, mask)
+        np.testing.assert_allclose(mem_lib.read(m, latest_weight=2.0)["bias"], np.broadcast_to(expect[k], (B, 3)),
+                                   atol=1e-6)
+    np.testing.assert_allclose(mem_lib.read(m, 4.0, latest_weight=2.0)["bias"],
+                               np.broadcast_to([np.log(4.0), 0, lw], (B, 3)), atol=1e-6)
+    gated = np.asarray(mem_lib.read(m, 4.0, 1e9, latest_weight=2.0)["bias"])  # [B, S, N]: every token unchanged
+    np.testing.assert_allclose(gated, np.broadcast_to(np.array([np.log(4.0), 0, lw])[:, None], gated.shape),
+                               atol=1e-6)
+    no_anchor = mem_lib.init_memory(cfg, B, (H, W), window=2, keep_anchor=False)
+    no_anchor = mem_lib.update(model, params, no_anchor, src, text, mask)
+    np.testing.assert_allclose(mem_lib.read(no_anchor, latest_weight=2.0)["bias"], np.broadcast_to([lw, 0], (B, 2)),
+                               atol=1e-6)
+    assert float(jnp.abs(turn(m, latest_weight=2.0) - turn(m)).max()) > 1e-4
+    with pytest.raises(ValueError, match="latest_weight must be > 0"):
+        mem_lib.read(m, latest_weight=0.0)
+
+
 def test_fixed_size_and_one_compilation_over_30_turns(setup):
     model, params, null_text, null_mask = setup
     rng = np.random.default_rng(2)
