@@ -33,15 +33,30 @@ from convert import torch_serving as ts  # noqa: E402
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_weights(args) -> None:
+    """The memory weights' flags (memory.read; the edit CLI's rules): one ValueError naming the flag."""
+    for flag, v in (("--anchor-weight", args.anchor_weight), ("--latest-weight", args.latest_weight)):
+        if v is not None and not v > 0:
+            raise ValueError(f"{flag} must be > 0, got {v}")
+    if args.anchor_gate is not None and (not args.anchor_gate > 0 or args.anchor_weight in (None, 1.0)):
+        raise ValueError(f"--anchor-gate must be > 0 and gates --anchor-weight (give a weight other than 1), "
+                         f"got {args.anchor_gate}")
+
+
 def run(args) -> dict:
     jax_edit.check_instructions(args.instructions)
+    check_weights(args)
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise jax_edit.EditError(f"--out {args.out} exists and is not empty; choose a new folder")
     img, info = jax_edit.read_image(args.image)
     t0 = time.perf_counter()
     served = ts.load_served(args.model, device=args.device, dtype=DTYPES[args.dtype])
     settings = dataclasses.replace(served.settings, **{k: v for k, v in dict(
-        num_steps=args.steps, method=args.sampler, guidance=args.guidance, shift=args.shift).items() if v is not None})
+        num_steps=args.steps, method=args.sampler, guidance=args.guidance, shift=args.shift,
+        anchor_weight=args.anchor_weight, anchor_gate=args.anchor_gate, latest_weight=args.latest_weight).items()
+        if v is not None})
+    if args.anchor_weight is not None and not served.keep_anchor:
+        raise ValueError(f"--anchor-weight weighs the anchor, and {args.model}'s memory has none")
     window = args.window or served.window
     load_s = time.perf_counter() - t0
     source = jax_edit.fit_image(img, served.resolution)
@@ -94,6 +109,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler", choices=("euler", "midpoint", "fireflow", "consistency"))
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--shift", type=float)
+    ap.add_argument("--anchor-weight", type=float, help="the anchor's share of attention, weighed (as the JAX edit)")
+    ap.add_argument("--anchor-gate", type=float, help="with --anchor-weight: only on the tokens the newest frame "
+                                                      "left unchanged (as the JAX edit)")
+    ap.add_argument("--latest-weight", type=float, help="the newest frame's share of attention, weighed (as the JAX "
+                                                        "edit)")
     args = ap.parse_args(argv)
     try:
         run(args)

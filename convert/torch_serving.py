@@ -14,7 +14,8 @@ the per-frame one, and its forward is used as is. Two attention processors do th
   attn1 (`MemorySelfAttention`): RoPE at explicit turn positions (turn x turn_stride, then h, w), the
       memory's keys/values appended after the frame's own (keys stored WITHOUT RoPE, rotated at read
       time by slot: anchor 0, window 1..W), and in write mode it records the frame's RMS-normed,
-      pre-RoPE keys and values: exactly model.py's memory mode with return_kv.
+      pre-RoPE keys and values: exactly model.py's memory mode with return_kv. memory.read's weights
+      (anchor weight and gate, newest-frame weight) are a logit bias on the memory keys (SDPA's mask).
   attn2 (`MaskedCrossAttention`): cross-attention to the turn's own instruction with its key mask
       (padding and the null instruction's single valid token), as the JAX key lengths.
 Tensors are channels-first here ([B, C, h, w]); the memory has memory.py's shapes and slot rules.
@@ -41,7 +42,8 @@ from convert.export_model import SERVED_FILE
 # 1. Memory ---------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TorchMemory:
-    """memory.AnchorMemory in torch: k, v [L, B, S, N, H, hd] (no RoPE), valid [B, S] (a prefix), count.
+    """memory.AnchorMemory in torch: k, v [L, B, S, N, H, hd] (no RoPE), valid [B, S] (a prefix), count,
+    source [B, C, h, w] (float32) and change [B, N] (the newest frame's per-token distance from it).
 
     Batch rows move in lockstep (as in JAX), so positions and slots are Python ints here.
     """
@@ -53,6 +55,8 @@ class TorchMemory:
     window: int
     keep_anchor: bool
     latent_shape: tuple[int, int, int]  # (C, h, w) of one frame
+    source: torch.Tensor | None = None
+    change: torch.Tensor | None = None
 
     @property
     def num_valid(self) -> int:
@@ -68,7 +72,15 @@ def init_memory(config: DiTConfig, batch: int, latent_hw, *, window: int, keep_a
     shape = (config.num_layers, batch, window + int(keep_anchor), tokens, config.num_heads, config.head_dim)
     zeros = torch.zeros(shape, dtype=dtype, device=device)
     return TorchMemory(zeros, zeros.clone(), torch.zeros(shape[1:3], dtype=torch.bool, device=device), 0, window,
-                       keep_anchor, (config.in_channels, h, w))
+                       keep_anchor, (config.in_channels, h, w),
+                       torch.zeros((batch, config.in_channels, h, w), dtype=torch.float32, device=device),
+                       torch.zeros((batch, tokens), dtype=torch.float32, device=device))
+
+
+def token_change(frame: torch.Tensor, source: torch.Tensor, patch) -> torch.Tensor:
+    """memory.token_change channels-first: frame, source [B, C, h, w] -> [B, N] (row-major tokens)."""
+    sq = (frame.float() - source.float()).square().mean(1, keepdim=True)
+    return F.avg_pool2d(sq, tuple(patch)).flatten(1)
 
 
 def query_position(mem: TorchMemory) -> int:
@@ -98,6 +110,27 @@ def write(mem: TorchMemory, k_new: torch.Tensor, v_new: torch.Tensor) -> TorchMe
     k[:, :, slot], v[:, :, slot] = k_new.to(k.dtype), v_new.to(v.dtype)
     valid[:, slot] = True
     return dataclasses.replace(mem, k=k, v=v, valid=valid, count=mem.count + 1)
+
+
+def memory_bias(mem: TorchMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0,
+                latest_weight: float = 1.0) -> torch.Tensor | None:
+    """memory.read's logit bias, [B, S, N] float32 over every slot's keys (None where it is all 0):
+    log anchor_weight on the anchor's keys (with a gate, only where `change < anchor_gate`), log
+    latest_weight on the newest window frame's."""
+    for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
+        if not w > 0:
+            raise ValueError(f"{name} must be > 0, got {w}")
+    if not anchor_gate >= 0:
+        raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
+    _, b, s, n = mem.k.shape[:4]
+    bias = torch.zeros((b, s, n), dtype=torch.float32, device=mem.k.device)
+    if mem.keep_anchor and anchor_weight != 1.0:
+        unchanged = mem.change < anchor_gate if anchor_gate else torch.ones_like(mem.change, dtype=torch.bool)
+        bias[:, 0] = torch.where(unchanged, float(np.log(anchor_weight)), 0.0)
+    newest = mem.num_valid - 1
+    if latest_weight != 1.0 and newest >= int(mem.keep_anchor):
+        bias[:, newest] += float(np.log(latest_weight))
+    return bias if bool(bias.any()) else None  # all zero: the memory as trained, SDPA without a mask
 
 
 # 2. RoPE at explicit turn positions ----------------------------------------------------------------
@@ -139,6 +172,7 @@ class _CallState:
     def __init__(self):
         self.cos = self.sin = None  # [N, hd/2] of the frame
         self.mem_k = self.mem_v = None  # per layer [B, M, H, hd]; keys already rotated
+        self.mem_bias = None  # [B, 1, 1, N + M] added to the logits (memory.read's weights), or None
         self.text_mask = None  # [B, 1, 1, L] bool
         self.kv_out = None  # list to append (k, v) [B, N, H, hd] to, or None
 
@@ -165,7 +199,8 @@ class MemorySelfAttention:
         if s.mem_k is not None:  # own keys first, memory after (the JAX key order)
             k = torch.cat([k, s.mem_k[self.layer]], dim=1)
             v = torch.cat([v, s.mem_v[self.layer]], dim=1)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=None if s.mem_bias is None else s.mem_bias.to(q.dtype))
         o = o.transpose(1, 2).flatten(2).type_as(q)
         return attn.to_out[1](attn.to_out[0](o))
 
@@ -206,37 +241,43 @@ class ServedDiT:
     def dtype(self):
         return self.transformer.patch_embedding.weight.dtype
 
-    def read(self, mem: TorchMemory, repeat: int = 1):
-        """The memory's valid slots, keys rotated by slot, batch repeated (CFG): per layer [r*B, M, H, hd].
+    def read(self, mem: TorchMemory, repeat: int = 1, *, anchor_weight: float = 1.0, anchor_gate: float = 0.0,
+             latest_weight: float = 1.0):
+        """The memory's valid slots, keys rotated by slot, batch repeated (CFG): per layer [r*B, M, H, hd],
+        and the logit bias of memory.read's weights (None at 1, 0, 1) as [r*B, M] over those keys.
 
         Slot positions are fixed for a whole turn, so this runs once per turn, not once per step."""
         n = mem.num_valid
         if n == 0:
-            return None, None
+            return None, None, None
         lyr, b, _, tok, heads, hd = mem.k.shape
         h, w = mem.latent_shape[1] // self.config.patch_size[1], mem.latent_shape[2] // self.config.patch_size[2]
         cos, sin = rope_cos_sin(self.config, slot_positions(mem), h, w, mem.k.device)
         k = mem.k[:, :, :n].reshape(lyr, b, n * tok, heads, hd).to(self.dtype)
         v = mem.v[:, :, :n].reshape(lyr, b, n * tok, heads, hd).to(self.dtype)
         k = torch.stack([apply_rope(k[i], cos, sin) for i in range(lyr)])
-        return k.repeat(1, repeat, 1, 1, 1), v.repeat(1, repeat, 1, 1, 1)
+        bias = memory_bias(mem, anchor_weight, anchor_gate, latest_weight)
+        bias = None if bias is None else bias[:, :n].reshape(b, n * tok).repeat(repeat, 1)
+        return k.repeat(1, repeat, 1, 1, 1), v.repeat(1, repeat, 1, 1, 1), bias
 
     @torch.no_grad()
-    def __call__(self, x, t, text, text_mask, position: int, memory=(None, None), kv_out=None):
+    def __call__(self, x, t, text, text_mask, position: int, memory=(None, None, None), kv_out=None):
         """Velocity of one frame. x [B, C, h, w]; t scalar in [0, 1]; text [B, L, D]; text_mask [B, L];
         position: the frame's turn position; memory: `read(...)`; kv_out: a list that receives every
         layer's (k, v) [B, N, H, hd] (pre-RoPE). -> [B, C, h, w] fp32."""
         c, s = self.config, self.state
         b, _, h, w = x.shape
         s.cos, s.sin = rope_cos_sin(c, [position], h // c.patch_size[1], w // c.patch_size[2], x.device)
-        s.mem_k, s.mem_v = memory
+        s.mem_k, s.mem_v, bias = memory
+        own = (h // c.patch_size[1]) * (w // c.patch_size[2])
+        s.mem_bias = None if bias is None else F.pad(bias, (own, 0))[:, None, None, :]  # own keys first, unweighed
         s.text_mask = text_mask.bool()[:, None, None, :]
         s.kv_out = kv_out
         ts = torch.full((b,), float(t), dtype=torch.float32, device=x.device) * c.timestep_scale
         try:
             out = self.transformer(x[:, :, None].to(self.dtype), ts, text.to(self.dtype), return_dict=False)[0]
         finally:
-            s.mem_k = s.mem_v = s.kv_out = None
+            s.mem_k = s.mem_v = s.mem_bias = s.kv_out = None
         return out[:, :, 0].float()
 
 
@@ -244,7 +285,10 @@ def update(dit: ServedDiT, mem: TorchMemory, clean, text, text_mask) -> TorchMem
     """Writes an accepted frame [B, C, h, w]: one pass at t=0 with its own instruction (memory.update)."""
     kv: list = []
     dit(clean, 0.0, text, text_mask, query_position(mem), dit.read(mem), kv_out=kv)
-    return write(mem, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+    source = clean.float() if mem.count == 0 else mem.source
+    change = token_change(clean, source, dit.config.patch_size[1:])
+    return dataclasses.replace(write(mem, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])),
+                               source=source, change=change)
 
 
 def start(dit: ServedDiT, source, null_text, null_mask, *, window: int, keep_anchor: bool = True) -> TorchMemory:
@@ -294,10 +338,11 @@ def edit_turn(dit: ServedDiT, settings: SamplerSettings, mem: TorchMemory, text,
     """One turn (editor.edit_turn): text [B, L, D], noise [B, C, h, w] -> (latent [B, C, h, w], memory)."""
     b, pos = text.shape[0], query_position(mem)
     if settings.guidance == 1.0:  # conditional branch only (a distilled model)
-        memory = dit.read(mem)
+        memory = dit.read(mem, **settings.read_kw)
         fn = lambda x, t: dit(x, t, text, text_mask, pos, memory)  # noqa: E731
     else:  # both branches in one batch, v = v_u + s (v_c - v_u)
-        memory, texts, masks = dit.read(mem, 2), torch.cat([text, null_text]), torch.cat([text_mask, null_mask])
+        memory, texts, masks = (dit.read(mem, 2, **settings.read_kw), torch.cat([text, null_text]),
+                                torch.cat([text_mask, null_mask]))
 
         def fn(x, t):
             v = dit(torch.cat([x, x]), t, texts, masks, pos, memory)

@@ -255,6 +255,16 @@ def test_torch_edit_cli(run, tmp_path):
     assert np.asarray(Image.open(os.path.join(out, "turn_02.png"))).shape == (64, 64, 3)
     assert torch_edit.main(argv) == 1  # --out is not empty now
     assert torch_edit.main(argv[:5] + [str(tmp_path / "e2"), "--instructions", " "]) == 1  # empty instruction
+    assert torch_edit.main(argv[:5] + [str(tmp_path / "e3"), "--anchor-gate", "0.3", "--instructions", "x"]) == 1
+    assert not os.path.exists(tmp_path / "e3")  # refused before anything is written
+    weighed = argv[:5] + [str(tmp_path / "e4"), "--anchor-weight", "4", "--anchor-gate", "0.3", "--latest-weight", "2",
+                          "--instructions", "make it red", "remove the star"]
+    assert torch_edit.main(weighed) == 0
+    log = json.load(open(tmp_path / "e4" / "log.json"))
+    assert (log["settings"]["anchor_weight"], log["settings"]["anchor_gate"], log["settings"]["latest_weight"]) == (
+        4.0, 0.3, 2.0)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "e4" / "turn_02.png")),
+                              np.asarray(Image.open(os.path.join(out, "turn_02.png"))))  # the weights are used
 
 
 @pytest.mark.parametrize("kw", [dict(dim_mult=(1, 2, 2, 2), attn_scales=(), temperal_downsample=(False, True, True)),

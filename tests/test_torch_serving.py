@@ -27,6 +27,7 @@ from anchoredit_jax.model import DiTConfig, WanDiT, init_params  # noqa: E402
 from convert import torch_serving as ts  # noqa: E402
 
 TOL = 1e-4
+GATE = 7.0  # about the median of the per-token change these random frames reach (4 to 10)
 TURNS = 5
 H, W, L, B = 4, 6, 5, 2  # latent 4x6 (non-square), 5 text tokens, batch 2
 
@@ -74,10 +75,17 @@ CASES = [  # (settings, window, keep_anchor): window 2 < 5 turns, so eviction ha
     (editor.SamplerSettings(num_steps=3, method="euler", shift=3.0, guidance=3.0), 2, True),
     (editor.SamplerSettings(num_steps=2, method="midpoint", shift=1.0, guidance=2.5), 2, True),
     (editor.SamplerSettings(num_steps=3, method="fireflow", shift=2.0, guidance=4.0), 3, False),
+    # memory.read's weights (the anchor weight gated by each token's change, the newest frame weighed up)
+    (editor.SamplerSettings(num_steps=2, method="euler", shift=2.0, guidance=2.0, anchor_weight=4.0, anchor_gate=GATE,
+                            latest_weight=2.0), 2, True),
+    (editor.SamplerSettings(num_steps=2, method="midpoint", guidance=1.0, latest_weight=3.0), 2, False),
 ]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)), ids=[c[0].method for c in CASES])
+IDS = [c[0].method + ("_weighed" if c[0].read_kw != editor.SamplerSettings().read_kw else "") for c in CASES]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
 def test_five_turns_match_jax(models, case):
     cfg, params, dit = models
     settings, window, keep_anchor = CASES[case]
@@ -92,7 +100,7 @@ def test_five_turns_match_jax(models, case):
     tmem = ts.start(dit, _t(source).permute(0, 3, 1, 2), _t(null_t), _t(null_m), window=window,
                     keep_anchor=keep_anchor)
     assert _mem_diff(jmem, tmem) <= TOL  # the source frame, written with the null instruction
-    key = jax.random.key(7)
+    key, gated = jax.random.key(7), []
     for k in range(TURNS):
         rng_k = jax.random.fold_in(key, k)
         noise = np.asarray(jax.random.normal(rng_k, (B, H, W, cfg.in_channels)))  # what edit_turn draws
@@ -104,8 +112,14 @@ def test_five_turns_match_jax(models, case):
         print(f"{settings.method} turn {k + 1}: latents max abs diff {err:.2e} (scale "
               f"{np.abs(np.asarray(jlat)).max():.2f}), memory {merr:.2e}")
         assert err <= TOL and merr <= TOL, (k, err, merr)
+        np.testing.assert_allclose(tmem.change.numpy(), np.asarray(jmem.change), rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(tmem.source.permute(0, 2, 3, 1).numpy(), np.asarray(jmem.source))
+        if settings.anchor_gate:  # the gate splits the tokens, so both of its sides are compared
+            gated.append(float((np.asarray(jmem.change) < settings.anchor_gate).mean()))
         assert tmem.count == int(jmem.count) and tmem.valid.numpy().tolist() == np.asarray(jmem.valid).tolist()
         assert ts.query_position(tmem) == int(mem_lib.query_position(jmem)[0])
+    if settings.anchor_gate:
+        assert 0.1 < np.mean(gated) < 0.9, gated
 
 
 def test_memory_slots_match_jax(models):
