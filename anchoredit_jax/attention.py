@@ -65,8 +65,22 @@ def dot_product_attention(q, k, v, *, kv_lengths=None, mask=None, bias=None, bac
         kv_lengths = kv_lengths.astype(jnp.int32)
     if bias is not None:
         bias = bias.astype(q.dtype)
+        if impl == "cudnn":
+            bias = cudnn_bias(bias, q.shape[0], q.shape[1], k.shape[1])
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, key_value_seq_lengths=kv_lengths,
                                         implementation=impl)
+
+
+def cudnn_bias(bias, batch: int, q_len: int, k_len: int):
+    """A logit bias broadcastable to [B, H, Tq, Tk] -> [B or 1, 1, Tq, Tk]: cuDNN's fused attention takes
+    a bias shared by the heads but not one broadcast over the query or key positions (it raises "Bias
+    must have same seq length as QKV", jax-ml/jax#28974), so the memory's per-key bias [B, 1, 1, Tk]
+    is spelled out over the queries."""
+    bias = jnp.asarray(bias)
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    if bias.shape[0] not in (1, batch) or bias.shape[1] != 1:
+        raise ValueError(f"the cudnn path takes a bias [B or 1, 1, Tq or 1, Tk or 1], got shape {bias.shape}")
+    return jnp.broadcast_to(bias, (bias.shape[0], 1, q_len, k_len))
 
 
 def cudnn_attention_calls(hlo_text: str) -> dict[str, int]:

@@ -88,7 +88,8 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0
     latest_weight (static, > 0): likewise log w on the newest window frame's keys (once there is one
     besides the anchor): above 1 the last output counts more against the older frames and the
     anchor, so what the last turn edited is kept more (and its errors are carried on).
-    (On a GPU that bias goes to cuDNN's attention with the key lengths; not yet run on one.)
+    (On a GPU that bias goes to cuDNN's attention with the key lengths, spelled out over the
+    queries as cuDNN needs: attention.cudnn_bias; not yet run on one.)
     """
     for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
         if not w > 0:

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import types
 
 if __package__ in (None, ""):  # run as a script: make `convert` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,24 +29,21 @@ from PIL import Image  # noqa: E402
 from anchoredit_jax import edit as jax_edit  # noqa: E402  (image policy, checks: one copy)
 from anchoredit_jax.data.contact_sheet import save_contact_sheet  # noqa: E402
 from anchoredit_jax.data.images import to_float, to_uint8  # noqa: E402
+from anchoredit_jax.edit_session import OPTIONS, check_options  # noqa: E402
 from convert import torch_serving as ts  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check_weights(args) -> None:
-    """The memory weights' flags (memory.read; the edit CLI's rules): one ValueError naming the flag."""
-    for flag, v in (("--anchor-weight", args.anchor_weight), ("--latest-weight", args.latest_weight)):
-        if v is not None and not v > 0:
-            raise ValueError(f"{flag} must be > 0, got {v}")
-    if args.anchor_gate is not None and (not args.anchor_gate > 0 or args.anchor_weight in (None, 1.0)):
-        raise ValueError(f"--anchor-gate must be > 0 and gates --anchor-weight (give a weight other than 1), "
-                         f"got {args.anchor_gate}")
+def check_flags(args) -> None:
+    """The flags this CLI shares with the JAX edit, by its rules and messages (one ValueError)."""
+    shared = ("window", "steps", "shift", "anchor_weight", "anchor_gate", "latest_weight")
+    check_options(types.SimpleNamespace(**{**OPTIONS, **{f: getattr(args, f) for f in shared}}))
 
 
 def run(args) -> dict:
     jax_edit.check_instructions(args.instructions)
-    check_weights(args)
+    check_flags(args)
     if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
         raise jax_edit.EditError(f"--out {args.out} exists and is not empty; choose a new folder")
     img, info = jax_edit.read_image(args.image)

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anchoredit_jax.attention import FrameLayout, cudnn_attention_calls, dot_product_attention, frame_attention
+from anchoredit_jax.attention import (FrameLayout, cudnn_attention_calls, cudnn_bias, dot_product_attention,
+                                     frame_attention)
 from anchoredit_jax.model import DiTConfig, WanDiT, init_params
 
 TOL = 2e-5
@@ -149,6 +150,25 @@ def test_memory_bias_weighs_the_memory_keys():
     vals = jnp.concatenate([v[1, :6, 0], mv[1, :, 0]])
     w = jax.nn.softmax(qf @ keys.T / np.sqrt(8) + jnp.concatenate([jnp.zeros(6), bias[1]]), -1)
     np.testing.assert_allclose(a[1, :6, 0], w @ vals, atol=1e-5)
+
+
+def test_memory_bias_is_spelled_out_for_cudnn():
+    """The memory's per-key bias [B, 1, 1, Tk] fails jax's cuDNN layout check (jax-ml/jax#28974: run on
+    this CPU, the check is shape logic only); cudnn_bias broadcasts it over the queries, which passes
+    and is the same logits."""
+    fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+    q = jnp.zeros((2, 6, 2, 8), jnp.bfloat16)
+    k = jnp.zeros((2, 18, 2, 8), jnp.bfloat16)
+    bias = jnp.asarray(np.random.default_rng(0).standard_normal((2, 1, 1, 18)), jnp.bfloat16)
+    check = lambda b: fused.check_layout(q, k, k, b, None, None, None, None, None, None,  # noqa: E731
+                                         fused.AttentionLayout.BTNH)
+    with pytest.raises(ValueError, match="Bias must have same seq length"):
+        check(bias)
+    full = cudnn_bias(bias, 2, 6, 18)
+    check(full)
+    assert full.shape == (2, 1, 6, 18) and bool((full == bias).all())
+    with pytest.raises(ValueError, match="the cudnn path takes a bias"):
+        cudnn_bias(jnp.zeros((2, 2, 1, 18)), 2, 6, 18)
 
 
 def test_bad_backend_is_a_clear_error():
