@@ -475,3 +475,35 @@ def test_anchor_gate_distances_splits_tokens_by_the_masks_so_far():
     stats = agd.split_stats(dist, want)
     assert stats["touched"][0] == 4 and stats["untouched"][0] == 8
     assert stats["untouched"][2][agd.GATES.index(0.05)] == 1.0 and stats["touched"][2][-1] == 0.0
+
+
+def test_persistence_trade_prices_kept_edits_in_identity(tmp_path, capsys):
+    """benchmarks/persistence_trade.py on made-up rows: each method is paired with its own model's
+    reference; a setting keeping 0.2 more edits for 1.4 dB of identity costs 0.7 dB per 0.1 kept; one
+    whose kept difference is under --min-kept gets no rate; an unknown reference is one error."""
+    import gzip
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import persistence_trade
+
+    base = {"edits_kept": 0.3, "edit_made": 0.6, "identity_psnr": 25.0}
+    shift = {"m/ref": {}, "m/l2": {"edits_kept": 0.2, "identity_psnr": -1.4}, "m/l9": {"edits_kept": 0.01},
+             "n/ref": {"identity_psnr": -3.0}, "n/a4": {"edits_kept": -0.1, "identity_psnr": -2.0}}
+    rows = [dict(method=m, protocol="edit", sequence=str(q), turn=str(t), metric=k,
+                 value=str(v + d.get(k, 0.0) + 0.01 * q))  # per-sequence offsets cancel in the pairs
+            for m, d in shift.items() for q in range(4) for t in (1, 2) for k, v in base.items()]
+    path = tmp_path / "per_sequence.csv.gz"
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    got = {r["method"]: r for r in persistence_trade.trade(rows, ["m/ref", "n/ref"], (1, 2))}
+    assert sorted(got) == ["m/l2", "m/l9", "n/a4"] and got["n/a4"]["against"] == "n/ref"
+    np.testing.assert_allclose([got["m/l2"]["kept"][0], got["m/l2"]["identity"][0], got["m/l2"]["rate"]],
+                               [0.2, -1.4, 0.7], atol=1e-9)
+    assert got["m/l9"]["rate"] is None
+    np.testing.assert_allclose(got["n/a4"]["rate"], 1.0, atol=1e-9)  # +1 dB of identity per 0.1 kept given up
+    assert persistence_trade.main([str(path), "--against", "m/ref,n/ref", "--turns", "1-2"]) == 0
+    assert "2 settings with |d kept| >= 0.05: median 0.85" in capsys.readouterr().out
+    assert persistence_trade.main([str(path), "--against", "m/nope"]) == 1
+    assert "--against m/nope: not a method" in capsys.readouterr().err
