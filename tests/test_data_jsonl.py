@@ -74,7 +74,8 @@ def test_mode_policy(tmp_path):
     rgba[:4, :, 3] = 255  # top opaque red, bottom transparent -> white
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     _png(tmp_path / "grey.png", np.full((8, 8), 77, np.uint8))
-    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "pal.png")
+    pal = Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE)
+    pal.save(tmp_path / "pal.png")
     path = _write(tmp_path / "d.jsonl", [{"source": "rgba.png", "turns": [
         {"instruction": "a", "target": "grey.png"}, {"instruction": "b", "target": "pal.png"}]}])
     seq = jsonl.load_sequence(jsonl.read_jsonl(path)[0])
@@ -95,10 +96,12 @@ GOOD = {"source": "a.png", "turns": [{"instruction": "do it", "target": "b.png"}
     ('{"source": "a.png", "turns": [', r"d.jsonl:3: malformed JSON"),
     ({"turns": [{"instruction": "x"}]}, r"d.jsonl:3: missing key 'source'"),
     ({"source": "a.png", "turns": []}, r"d.jsonl:3: 'turns' must be a non-empty list"),
-    ({"source": "a.png", "turns": [{"instruction": "  ", "target": "b.png"}]}, r"d.jsonl:3: turn 0 has an empty instruction"),
+    ({"source": "a.png", "turns": [{"instruction": "  ", "target": "b.png"}]},
+     r"d.jsonl:3: turn 0 has an empty instruction"),
     ({"source": "a.png", "turns": [{"target": "b.png"}]}, r"d.jsonl:3: turn 0 is missing key 'instruction'"),
     ({"source": "nope.png", "turns": [{"instruction": "x"}]}, r"d.jsonl:3: source image not found"),
-    ({"source": "a.png", "turns": [{"instruction": "x", "target": "junk.png"}]}, r"d.jsonl:3: turn 0 target image .* cannot be read"),
+    ({"source": "a.png", "turns": [{"instruction": "x", "target": "junk.png"}]},
+     r"d.jsonl:3: turn 0 target image .* cannot be read"),
     ({"source": "a.png", "turns": [{"instruction": "x", "target": "small.png"}]}, r"d.jsonl:3: turn 0 target is 32x20"),
     ({"source": "a.png", "turns": [{"instruction": "x", "mask": "small.png"}]}, r"d.jsonl:3: turn 0 mask is 32x20"),
     ([1, 2], r"d.jsonl:3: expected a JSON object"),
@@ -138,7 +141,8 @@ def test_webdataset_tar(tmp_path):
     with tarfile.open(path, "w") as tf:
         for k, f in enumerate(frames):
             _add(tf, f"s/one.{k}.png", _encoded(f, "PNG"))
-        _add(tf, "s/one.json", json.dumps({"instructions": [{"en": "add a cat", "zh": "x"}, {"en": "make it red"}]}).encode())
+        _add(tf, "s/one.json",
+             json.dumps({"instructions": [{"en": "add a cat", "zh": "x"}, {"en": "make it red"}]}).encode())
         _add(tf, "two.0.jpg", _encoded(frames[0], "JPEG"))
         _add(tf, "two.1.jpg", _encoded(frames[1], "JPEG"))
         _add(tf, "two.json", json.dumps({"instructions": ["zoom"]}).encode())

@@ -171,9 +171,9 @@ def test_student_rollouts_fill_the_memory():
     def loss(first_turn_only=False, **cfg):
         c = _config().distill.copy_and_resolve_references()
         c.update(cfg)
-        f = lambda s, t, valid: distill.loss_fn(s, model, rng, target=s, teacher=t, frames=frames, texts=texts,  # noqa: E731
-                                                text_masks=masks, null_text=null_t, null_mask=null_m,
-                                                turn_valid=valid, cfg=c)[0]
+        def f(s, t, valid):
+            return distill.loss_fn(s, model, rng, target=s, teacher=t, frames=frames, texts=texts, text_masks=masks,
+                                   null_text=null_t, null_mask=null_m, turn_valid=valid, cfg=c)[0]
         key = tuple(sorted(cfg.items()))
         if key not in programs:
             programs[key] = jax.jit(f)  # one program, not op-by-op dispatch; valid is an argument

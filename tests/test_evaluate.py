@@ -69,8 +69,8 @@ def two_runs(ckpt, tmp_path_factory):
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_every_file(two_runs):
     out = two_runs[0]
-    for name in ("metrics.csv", "per_sequence.csv.gz", "summary.json", "contact_sheet.png", "contact_sheet_roundtrip.png",
-                 "contact_sheet_noop.png", "table.md", "metric_psnr.png",
+    for name in ("metrics.csv", "per_sequence.csv.gz", "summary.json", "contact_sheet.png",
+                 "contact_sheet_roundtrip.png", "contact_sheet_noop.png", "table.md", "metric_psnr.png",
                  "metric_ssim.png", "metric_lpips.png", "metric_identity_psnr.png", "metric_edit_psnr.png"):
         assert (out / name).is_file(), name
     rows = _csv(out / "metrics.csv")

@@ -100,8 +100,10 @@ def test_dino_matches_transformers_in_both_key_layouts(tmp_path):
 
     old = {}
     for k, v in load_file(str(tmp_path / "dino" / "model.safetensors")).items():
-        for new, hub in ((".attention.q_proj", ".attention.attention.query"), (".attention.k_proj", ".attention.attention.key"),
-                         (".attention.v_proj", ".attention.attention.value"), (".attention.o_proj", ".attention.output.dense"),
+        for new, hub in ((".attention.q_proj", ".attention.attention.query"),
+                         (".attention.k_proj", ".attention.attention.key"),
+                         (".attention.v_proj", ".attention.attention.value"),
+                         (".attention.o_proj", ".attention.output.dense"),
                          (".mlp.fc1", ".intermediate.dense"), (".mlp.fc2", ".output.dense")):
             k = k.replace(new, hub)
         old["vit." + k.replace("layers.", "encoder.layer.")] = v
@@ -135,7 +137,8 @@ def test_bad_folders_one_clear_error(tmp_path):
         feature_nets.load_clip(tmp_path / "vit")
     cfg = json.loads((tmp_path / "vit" / "config.json").read_text())
     (tmp_path / "vit" / "config.json").write_text(json.dumps(dict(cfg, intermediate_size=128)))
-    with pytest.raises(feature_nets.FeatureNetError, match=r"vit parameter block_0/fc1/bias has shape \(64,\), config.json says \(128,\)"):
+    with pytest.raises(feature_nets.FeatureNetError,
+                       match=r"vit parameter block_0/fc1/bias has shape \(64,\), config.json says \(128,\)"):
         feature_nets.load_dino(tmp_path / "vit")
     (tmp_path / "vit" / "config.json").write_text(json.dumps(dict(cfg, model_type="dinov2")))
     with pytest.raises(feature_nets.FeatureNetError, match="DINOv2 is not ported"):

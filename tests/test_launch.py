@@ -122,7 +122,8 @@ def test_results_shipped_refuses_a_missing_stage1_folder_and_runs_nothing(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("given, why", [({}, "OUT: set OUT"), ({"OUT": "runs/ft", "S1": "out/mine"}, "S1: no folder out/mine")])
+@pytest.mark.parametrize("given, why", [({}, "OUT: set OUT"),
+                                        ({"OUT": "runs/ft", "S1": "out/mine"}, "S1: no folder out/mine")])
 def test_cpu_stage1_ft_refuses_a_missing_input_and_runs_nothing(tmp_path, given, why):
     # only the default stage 1 is restored from git history; nothing else is made on a refusal
     env = {k: v for k, v in _env(**given).items() if k not in {"S1", "OUT"} - set(given)}

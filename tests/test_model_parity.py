@@ -168,7 +168,8 @@ def test_applying_weights_of_another_shape_names_the_parameter():
     x, t = jnp.zeros((1, 1, 4, 4, 4)), jnp.zeros((1, 1))
     args = (x, t, jnp.zeros((1, 1, 3, 20)), jnp.ones((1, 1, 3), bool), jnp.zeros((1, 1), jnp.int32))
     assert _bidirectional(WanDiT(wide), params, *args).shape == x.shape
-    with pytest.raises(flax.errors.ScopeParamShapeError, match=r'"kernel" in "/scan\(blocks\)/ffn_in".*\(24, 40\).*\(24, 44\)'):
+    with pytest.raises(flax.errors.ScopeParamShapeError,
+                       match=r'"kernel" in "/scan\(blocks\)/ffn_in".*\(24, 40\).*\(24, 44\)'):
         _bidirectional(WanDiT(small), params, *args)
 
 

@@ -34,7 +34,8 @@ def test_pair_batches():
     assert -1.0 <= b["source"].min() and b["source"].max() <= 1.0
     assert b["mask"].shape == (4, 32, 32) and b["mask"].dtype == np.float32
     assert b["has_mask"].shape == (4,) and b["edit_type"].shape == (4,) and b["edit_type"].dtype == np.int32
-    assert b["instruction_ids"].shape == b["instruction_mask"].shape == (4, L) and b["instruction_ids"].dtype == np.int32
+    assert b["instruction_ids"].shape == b["instruction_mask"].shape == (4, L)
+    assert b["instruction_ids"].dtype == np.int32
     assert "instructions" not in b
     # Record j is turn j % 3 of sequence j // 3, exactly as the generator makes it.
     j = int(b["record_index"][0])
@@ -88,7 +89,8 @@ def test_pairs_skip_missing_frames(ragged):
 
 def test_determinism():
     src = pipeline.ShapesEditSource(12, 2, 16)
-    mk = lambda seed: iter(pipeline.make_loader(src, kind="pair", batch_size=3, seed=seed, tokenize=tokenize))  # noqa: E731
+    def mk(seed):
+        return iter(pipeline.make_loader(src, kind="pair", batch_size=3, seed=seed, tokenize=tokenize))
     a, b, c = _take(mk(5), 3), _take(mk(5), 3), _take(mk(6), 3)
     assert all(_same(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x["record_index"], y["record_index"]) for x, y in zip(a, c))

@@ -287,7 +287,8 @@ def test_the_shipped_release_loads_and_fits_the_quickstart_budget():
 
 
 def test_blend_weights_is_the_weighted_mean_in_a_new_release(workdir, tmp_path, capsys):
-    """benchmarks/blend_weights.py (the stage-2 blend of README's shipped model): (1 - a) A + a B, A's config and VAE kept."""
+    """benchmarks/blend_weights.py (the stage-2 blend of README's shipped model): (1 - a) A + a B,
+    A's config and VAE kept."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("blend_weights", os.path.join(ROOT, "benchmarks/blend_weights.py"))
     blend = importlib.util.module_from_spec(spec)

@@ -176,7 +176,8 @@ def test_init_from_diffusers_with_reinit(tmp_path):
 
 def test_entry_points_import_together():
     """train.py loads trained VAEs through train_vae: their absl flags must not collide."""
-    r = subprocess.run([sys.executable, "-c", "import anchoredit_jax.train, anchoredit_jax.train_vae, anchoredit_jax.edit"],
+    r = subprocess.run([sys.executable, "-c",
+                        "import anchoredit_jax.train, anchoredit_jax.train_vae, anchoredit_jax.edit"],
                        env=_env(), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 
