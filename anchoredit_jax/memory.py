@@ -76,6 +76,16 @@ def query_position(mem: AnchorMemory):
     return (_offset(mem) + n_window).astype(jnp.int32)
 
 
+def check_weights(anchor_weight: float = 1.0, anchor_gate: float = 0.0, latest_weight: float = 1.0) -> None:
+    """ValueError naming the first of read's weights out of range (the PyTorch serving path checks
+    its own with this too)."""
+    for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
+        if not w > 0:
+            raise ValueError(f"{name} must be > 0, got {w}")
+    if not anchor_gate >= 0:
+        raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
+
+
 def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0, latest_weight: float = 1.0) -> dict:
     """The model's `memory=` argument: k, v, slot positions [B, S] and validity [B, S].
 
@@ -91,11 +101,7 @@ def read(mem: AnchorMemory, anchor_weight: float = 1.0, anchor_gate: float = 0.0
     (On a GPU that bias goes to cuDNN's attention with the key lengths, spelled out over the
     queries as cuDNN needs: attention.cudnn_bias; not yet run on one.)
     """
-    for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
-        if not w > 0:
-            raise ValueError(f"{name} must be > 0, got {w}")
-    if not anchor_gate >= 0:
-        raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
+    check_weights(anchor_weight, anchor_gate, latest_weight)
     b, s = mem.valid.shape
     slot = jnp.arange(s, dtype=jnp.int32)
     if mem.keep_anchor:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from anchoredit_jax import text_encoder as te
 from anchoredit_jax.editor import SamplerSettings
+from anchoredit_jax.memory import check_weights
 from anchoredit_jax.model import DiTConfig, rope_tables
 from convert.export_model import SERVED_FILE
 
@@ -117,11 +118,7 @@ def memory_bias(mem: TorchMemory, anchor_weight: float = 1.0, anchor_gate: float
     """memory.read's logit bias, [B, S, N] float32 over every slot's keys (None where it is all 0):
     log anchor_weight on the anchor's keys (with a gate, only where `change < anchor_gate`), log
     latest_weight on the newest window frame's."""
-    for name, w in (("anchor_weight", anchor_weight), ("latest_weight", latest_weight)):
-        if not w > 0:
-            raise ValueError(f"{name} must be > 0, got {w}")
-    if not anchor_gate >= 0:
-        raise ValueError(f"anchor_gate must be >= 0, got {anchor_gate}")
+    check_weights(anchor_weight, anchor_gate, latest_weight)
     _, b, s, n = mem.k.shape[:4]
     bias = torch.zeros((b, s, n), dtype=torch.float32, device=mem.k.device)
     if mem.keep_anchor and anchor_weight != 1.0:
