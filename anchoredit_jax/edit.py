@@ -296,6 +296,10 @@ def parse_args(argv):
     ap.add_argument("--latest-weight", type=float,
                     help="the newest frame's share of attention, weighed (1: as trained; 2 keeps more of the "
                          "last edits and a little less of the subject, docs/persistence.md)")
+    ap.add_argument("--edit-region", type=float,
+                    help="keep the previous frame outside the region the instruction changes: the latent tokens "
+                         "where the turn differs from a sample with the null instruction by more than this mean "
+                         "squared distance (e.g. 0.3; twice the sampling per turn; docs/persistence.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")

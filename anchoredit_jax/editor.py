@@ -9,11 +9,20 @@ A turn generates its frame in `memory` mode (it sees the anchor, the window and 
 rectified-flow sampler and classifier-free guidance (both branches in one batch), then runs the
 DiT once at t=0 on the result with the turn's own instruction to append it to the memory. The
 memory has a fixed shape, so every turn, the 2nd or the 30th, runs the same compiled program.
+
+Edit region (SamplerSettings.edit_region > 0; off by default): the turn is sampled a second time
+from the same noise with the null instruction, and only the latent tokens where the two samples
+differ by more than the threshold take the new frame; every other token keeps the previous frame's
+latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as in Blended Latent
+Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
+the anchor and the older window frames); the reference sample undoes them too, so they cancel out
+of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
 """
 from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -33,6 +42,7 @@ class SamplerSettings:
     anchor_weight: float = 1.0  # memory.read: < 1 weighs the anchor's attention share down (1: as trained)
     anchor_gate: float = 0.0  # memory.read: > 0 weighs only the anchor tokens the newest frame left unchanged
     latest_weight: float = 1.0  # memory.read: > 1 weighs the newest frame's attention share up (1: as trained)
+    edit_region: float = 0.0  # > 0: tokens changed less than this (vs the null instruction) keep the previous frame
 
     @property
     def read_kw(self) -> dict:
@@ -93,13 +103,29 @@ def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, t
                                     text_mask[:, None], pos, mode="memory", memory=m)[:, 0]
 
 
+def region_mask(latent, reference, threshold: float):
+    """[B, h, w] bool: the tokens where latent and reference [B, h, w, C] are further apart than
+    `threshold` in mean squared latent distance (memory.token_change's units, patch 1)."""
+    chex.assert_equal_shape([latent, reference])
+    return mem_lib.token_change(latent, reference, (1, 1)) > threshold
+
+
 def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_mask, null_text, null_mask, rng):
     """One turn: text [B, L, D], text_mask [B, L] -> (latent [B, h, w, C], memory with the latent)."""
-    fn = guided_velocity_fn(model, params, mem, text, text_mask, null_text, null_mask, settings.guidance,
-                            settings.read_kw)
     noise = jax.random.normal(rng, (text.shape[0],) + mem.latent_shape)
-    latent = sampler.sample(fn, noise, settings.num_steps,
-                            method=settings.method, shift=settings.shift, rng=jax.random.fold_in(rng, 1))
+
+    def sample(txt, msk, guidance):
+        fn = guided_velocity_fn(model, params, mem, txt, msk, null_text, null_mask, guidance, settings.read_kw)
+        return sampler.sample(fn, noise, settings.num_steps,
+                              method=settings.method, shift=settings.shift, rng=jax.random.fold_in(rng, 1))
+
+    latent = sample(text, text_mask, settings.guidance)
+    if settings.edit_region > 0:
+        # guidance 1: with the null instruction on both branches, CFG is the unconditional velocity
+        reference = sample(null_text, null_mask, 1.0)
+        inside = region_mask(latent, reference, settings.edit_region)
+        # mem.latest: the previous turn's frame (the source on the first turn)
+        latent = jnp.where(inside[..., None], latent, mem.latest.astype(latent.dtype))
     return latent, mem_lib.update(model, params, mem, latent, text, text_mask)
 
 

@@ -19,7 +19,8 @@ methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
   (MCIE rows use MCIE's own sampler defaults: 8 FireFlow steps, the paper's; guidance as the others)
 --windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
 --sampler take comma lists: every value makes its own method (name suffix /sN, /sampler); so do
---anchor-weights, --anchor-gates and --latest-weights (memory.read's weights: /aW, /gG, /lW).
+--anchor-weights, --anchor-gates and --latest-weights (memory.read's weights: /aW, /gG, /lW) and
+--edit-regions (editor.SamplerSettings.edit_region, 0 = off: /rT).
 Checkpoints: --checkpoint [NAME=]WORKDIR[@ema|params|best], repeatable (stage 1 vs 2 vs 3).
 Sampler settings not given (--steps, --sampler, --guidance, --shift) come from each checkpoint's
 config `val` section, as in the edit CLI: a distilled stage-3 run then samples with its own
@@ -134,24 +135,30 @@ def latest_weights(args) -> list[float]:
     return _float_list(args.latest_weights or "1", "--latest-weights", positive=True)
 
 
+def edit_regions(args) -> list[float]:
+    """--edit-regions "0,0.3" -> [0.0, 0.3] (each >= 0; default [0.0]: every token from the new sample)."""
+    return _float_list(args.edit_regions or "0", "--edit-regions", positive=False)
+
+
 def make_methods(args, vals: dict[str, dict]) -> list[Method]:
     """The grid checkpoints x presets x steps x samplers; vals: checkpoint name -> its config's `val`
     section, which supplies the sampler settings not given on the command line (as in the edit CLI)."""
     presets, steps, samplers = method_grid(args)
-    weights, gates, latest = anchor_weights(args), anchor_gates(args), latest_weights(args)
+    weights, gates, latest, regions = anchor_weights(args), anchor_gates(args), latest_weights(args), edit_regions(args)
     out = []
     for ck, val in vals.items():
-        for p, n, s, a, g, lw in itertools.product(presets, steps, samplers, weights, gates, latest):
+        for p, n, s, a, g, lw, r in itertools.product(presets, steps, samplers, weights, gates, latest, regions):
             if a == 1 and g:  # nothing to gate
                 continue
             name = (f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
                     + (f"/a{a:g}" if len(weights) > 1 or a != 1 else "") + (f"/g{g:g}" if g else "")
-                    + (f"/l{lw:g}" if len(latest) > 1 or lw != 1 else ""))
+                    + (f"/l{lw:g}" if len(latest) > 1 or lw != 1 else "")
+                    + (f"/r{r:g}" if len(regions) > 1 or r else ""))
             settings = editor.SamplerSettings(
                 num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
                 guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
                 shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0),
-                anchor_weight=a, anchor_gate=g, latest_weight=lw)
+                anchor_weight=a, anchor_gate=g, latest_weight=lw, edit_region=r)
             out.append(Method(name, ck, settings=settings, **parse_preset(p)))
     return out
 
@@ -352,9 +359,11 @@ def run(args) -> dict:
     if len(set(names)) != len(names):
         raise EvalError(f"checkpoint names must be unique, got {names}; use NAME=PATH")
     presets = method_grid(args)[0]  # bad method names and lists fail before the slow loading
-    for flag, vals in (("--anchor-weights", anchor_weights(args)), ("--latest-weights", latest_weights(args))):
-        if vals != [1.0] and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
-            raise EvalError(f"{flag} applies to AnchorEdit's memory: leave out the mcie, copy and truth methods")
+    for flag, vals, off in (("--anchor-weights", anchor_weights(args), [1.0]),
+                            ("--latest-weights", latest_weights(args), [1.0]),
+                            ("--edit-regions", edit_regions(args), [0.0])):
+        if vals != off and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
+            raise EvalError(f"{flag} applies to AnchorEdit's editor: leave out the mcie, copy and truth methods")
     anchor_gates(args)  # a bad gate list fails before the slow loading
     edit_cli.check_out_dir(args.out, args.overwrite)
     nets = load_feature_nets(args)
@@ -412,6 +421,9 @@ def parse_args(argv):
                                                          "comma list = one method each, with each weight but 1")
     ap.add_argument("--latest-weights", default=None, help="e.g. 1,2: the newest frame's attention weight "
                                                            "(memory.read; 1 as trained); comma list = one method each")
+    ap.add_argument("--edit-regions", default=None, help="e.g. 0,0.3: keep the previous frame outside the tokens the "
+                                                         "instruction changes by more than this (editor's edit_region; "
+                                                         "0 = off); comma list = one method each")
     ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
                                                       "(jsonl if --jsonl is given)")
     ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")

@@ -7,6 +7,8 @@ State (a pytree of fixed shape, so it is the carry of `lax.scan` over turns):
   source [B, h, w, C]         the source latent (float32), kept to tell what later frames changed
   change [B, N]               per token, the newest frame's mean squared latent distance from the
                               source (0 until a second frame): what `read`'s anchor gate looks at
+  latest [B, h, w, C]         the newest frame's latent (float32): what the editor's edit region
+                              keeps outside the region a turn's instruction changes
 with S = 1 + W when the anchor is kept (slot 0 = the source, forever) and S = W without it.
 
 RoPE positions are assigned when the memory is read, by slot: anchor at 0, window slots 1..W,
@@ -35,6 +37,7 @@ class AnchorMemory:
     count: jax.Array
     source: jax.Array
     change: jax.Array
+    latest: jax.Array
     window: int = flax.struct.field(pytree_node=False)
     keep_anchor: bool = flax.struct.field(pytree_node=False)
     latent_shape: tuple[int, int, int] = flax.struct.field(pytree_node=False)  # (h, w, C) of one frame
@@ -61,7 +64,9 @@ def init_memory(config: DiTConfig, batch: int, latent_hw: tuple[int, int], *, wi
     return AnchorMemory(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, slots), bool),
                         count=jnp.zeros((), jnp.int32),
                         source=jnp.zeros((batch, h, w, config.in_channels), jnp.float32),
-                        change=jnp.zeros((batch, tokens), jnp.float32), window=window, keep_anchor=keep_anchor,
+                        change=jnp.zeros((batch, tokens), jnp.float32),
+                        latest=jnp.zeros((batch, h, w, config.in_channels), jnp.float32), window=window,
+                        keep_anchor=keep_anchor,
                         latent_shape=(h, w, config.in_channels))
 
 
@@ -168,4 +173,5 @@ def update(model: WanDiT, params, mem: AnchorMemory, clean, text, text_mask) -> 
                         query_position(mem)[:, None], mode="memory", memory=read(mem), return_kv=True)
     source = jnp.where(mem.count == 0, clean.astype(jnp.float32), mem.source)
     change = token_change(clean, source, model.config.patch_size[1:]).reshape(b, -1)  # [B, N], row-major tokens
-    return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0]).replace(source=source, change=change)
+    return write(mem, kv["k"][:, :, 0], kv["v"][:, :, 0]).replace(source=source, change=change,
+                                                                  latest=clean.astype(jnp.float32))

@@ -44,7 +44,8 @@ from convert.export_model import SERVED_FILE
 @dataclasses.dataclass
 class TorchMemory:
     """memory.AnchorMemory in torch: k, v [L, B, S, N, H, hd] (no RoPE), valid [B, S] (a prefix), count,
-    source [B, C, h, w] (float32) and change [B, N] (the newest frame's per-token distance from it).
+    source [B, C, h, w] (float32), change [B, N] (the newest frame's per-token distance from it) and
+    latest [B, C, h, w] (float32, the newest frame: what an edit region keeps).
 
     Batch rows move in lockstep (as in JAX), so positions and slots are Python ints here.
     """
@@ -58,6 +59,7 @@ class TorchMemory:
     latent_shape: tuple[int, int, int]  # (C, h, w) of one frame
     source: torch.Tensor | None = None
     change: torch.Tensor | None = None
+    latest: torch.Tensor | None = None
 
     @property
     def num_valid(self) -> int:
@@ -75,7 +77,8 @@ def init_memory(config: DiTConfig, batch: int, latent_hw, *, window: int, keep_a
     return TorchMemory(zeros, zeros.clone(), torch.zeros(shape[1:3], dtype=torch.bool, device=device), 0, window,
                        keep_anchor, (config.in_channels, h, w),
                        torch.zeros((batch, config.in_channels, h, w), dtype=torch.float32, device=device),
-                       torch.zeros((batch, tokens), dtype=torch.float32, device=device))
+                       torch.zeros((batch, tokens), dtype=torch.float32, device=device),
+                       torch.zeros((batch, config.in_channels, h, w), dtype=torch.float32, device=device))
 
 
 def token_change(frame: torch.Tensor, source: torch.Tensor, patch) -> torch.Tensor:
@@ -285,7 +288,7 @@ def update(dit: ServedDiT, mem: TorchMemory, clean, text, text_mask) -> TorchMem
     source = clean.float() if mem.count == 0 else mem.source
     change = token_change(clean, source, dit.config.patch_size[1:])
     return dataclasses.replace(write(mem, torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv])),
-                               source=source, change=change)
+                               source=source, change=change, latest=clean.float())
 
 
 def start(dit: ServedDiT, source, null_text, null_mask, *, window: int, keep_anchor: bool = True) -> TorchMemory:
@@ -332,20 +335,30 @@ def sample(fn, noise, num_steps: int, *, method: str = "euler", shift: float = 1
 
 def edit_turn(dit: ServedDiT, settings: SamplerSettings, mem: TorchMemory, text, text_mask, null_text, null_mask,
               noise, step_noise=None):
-    """One turn (editor.edit_turn): text [B, L, D], noise [B, C, h, w] -> (latent [B, C, h, w], memory)."""
+    """One turn (editor.edit_turn): text [B, L, D], noise [B, C, h, w] -> (latent [B, C, h, w], memory).
+    With settings.edit_region > 0 the turn is sampled again from the same noise with the null instruction
+    and only the tokens further apart than it take the new sample (editor.region_mask)."""
     b, pos = text.shape[0], query_position(mem)
-    if settings.guidance == 1.0:  # conditional branch only (a distilled model)
-        memory = dit.read(mem, **settings.read_kw)
-        fn = lambda x, t: dit(x, t, text, text_mask, pos, memory)  # noqa: E731
-    else:  # both branches in one batch, v = v_u + s (v_c - v_u)
-        memory, texts, masks = (dit.read(mem, 2, **settings.read_kw), torch.cat([text, null_text]),
-                                torch.cat([text_mask, null_mask]))
 
-        def fn(x, t):
-            v = dit(torch.cat([x, x]), t, texts, masks, pos, memory)
-            return v[b:] + settings.guidance * (v[:b] - v[b:])
-    latent = sample(fn, noise, settings.num_steps, method=settings.method, shift=settings.shift,
-                    step_noise=step_noise)
+    def run(text, text_mask, guidance):
+        if guidance == 1.0:  # conditional branch only (a distilled model)
+            memory = dit.read(mem, **settings.read_kw)
+            fn = lambda x, t: dit(x, t, text, text_mask, pos, memory)  # noqa: E731
+        else:  # both branches in one batch, v = v_u + s (v_c - v_u)
+            memory, texts, masks = (dit.read(mem, 2, **settings.read_kw), torch.cat([text, null_text]),
+                                    torch.cat([text_mask, null_mask]))
+
+            def fn(x, t):
+                v = dit(torch.cat([x, x]), t, texts, masks, pos, memory)
+                return v[b:] + guidance * (v[:b] - v[b:])
+        return sample(fn, noise, settings.num_steps, method=settings.method, shift=settings.shift,
+                      step_noise=step_noise)
+
+    latent = run(text, text_mask, settings.guidance)
+    if settings.edit_region > 0:
+        reference = run(null_text, null_mask, 1.0)
+        inside = (latent - reference).square().mean(1, keepdim=True) > settings.edit_region  # [B, 1, h, w]
+        latent = torch.where(inside, latent, mem.latest.to(latent.dtype))
     return latent, update(dit, mem, latent, text, text_mask)
 
 

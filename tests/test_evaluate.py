@@ -219,6 +219,11 @@ def test_method_registry_and_names():
                    ("s/anchor_w4/a4/g0.5/l2", dict(anchor_weight=4.0, anchor_gate=0.5, latest_weight=2.0))]
     with pytest.raises(evaluate.EvalError, match="--latest-weights"):
         evaluate.latest_weights(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--latest-weights", "0"]))
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--methods", "anchor_w4", "--edit-regions", "0,0.3"])
+    got = [(m.name, m.settings.edit_region) for m in evaluate.make_methods(args, {"s": {}})]
+    assert got == [("s/anchor_w4/r0", 0.0), ("s/anchor_w4/r0.3", 0.3)]
+    with pytest.raises(evaluate.EvalError, match="--edit-regions"):
+        evaluate.edit_regions(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--edit-regions", "-1"]))
     assert evaluate.parse_checkpoint("a=runs/x@params", "ema") == ("a", "runs/x", "params")
     assert evaluate.parse_checkpoint("runs/stage1/", "best") == ("stage1", "runs/stage1/", "best")
     assert set(evaluate.METHODS) >= {"anchoredit"}

@@ -265,6 +265,12 @@ def test_torch_edit_cli(run, tmp_path):
         4.0, 0.3, 2.0)
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "e4" / "turn_02.png")),
                               np.asarray(Image.open(os.path.join(out, "turn_02.png"))))  # the weights are used
+    assert torch_edit.main(argv[:5] + [str(tmp_path / "e5"), "--edit-region", "0", "--instructions", "x"]) == 1
+    assert torch_edit.main(argv[:5] + [str(tmp_path / "e6"), "--edit-region", "1e9", "--instructions", "make it red",
+                                       "remove the star"]) == 0  # no token changes that much: the source, twice
+    assert json.load(open(tmp_path / "e6" / "log.json"))["settings"]["edit_region"] == 1e9
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "e6" / "turn_01.png")),
+                          np.asarray(Image.open(tmp_path / "e6" / "turn_02.png")))
 
 
 @pytest.mark.parametrize("kw", [dict(dim_mult=(1, 2, 2, 2), attn_scales=(), temperal_downsample=(False, True, True)),

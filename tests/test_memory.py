@@ -1,4 +1,5 @@
 """Anchor memory and the turn loop: equivalence with recomputation, fixed size, one compilation."""
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -163,6 +164,42 @@ def test_latest_weight_biases_the_newest_window_frame(setup):
     assert float(jnp.abs(turn(m, latest_weight=2.0) - turn(m)).max()) > 1e-4
     with pytest.raises(ValueError, match="latest_weight must be > 0"):
         mem_lib.read(m, latest_weight=0.0)
+
+
+def test_edit_region_keeps_the_previous_frame_outside_the_changed_tokens(setup):
+    """SamplerSettings.edit_region: a token takes the new sample only where it differs from the null
+    instruction's sample (same noise) by more than the threshold; elsewhere the previous frame's
+    latent, exactly. Threshold 0 (off) and a huge one (every turn returns the source) bound it."""
+    model, params, null_text, null_mask = setup
+    rng = np.random.default_rng(5)
+    src = jnp.asarray(rng.standard_normal((B, H, W, C)), jnp.float32)
+    texts, masks = _texts(rng, 2)
+    key = jax.random.key(3)
+    off = editor.SamplerSettings(num_steps=2, guidance=2.0)
+
+    def turns(settings):
+        return jax.jit(lambda p: editor.edit_sequence(model, settings, p, editor.start(
+            model, p, src, null_text, null_mask, window=2), texts, masks, null_text, null_mask, key))(params)
+
+    plain, _ = turns(off)
+    mem0 = editor.start(model, params, src, null_text, null_mask, window=2)
+    # the reference: the first turn sampled with the null instruction (guidance 1: unconditional)
+    ref, _ = jax.jit(functools.partial(editor.edit_turn, model, dataclasses.replace(off, guidance=1.0)))(
+        params, mem0, null_text, null_mask, null_text, null_mask, jax.random.fold_in(key, 0))
+    dist = np.asarray(mem_lib.token_change(plain[0], ref, (1, 1)))  # [B, H, W]
+    thr = float(np.median(dist))
+    lat, mem = turns(dataclasses.replace(off, edit_region=thr))
+    inside = np.asarray(editor.region_mask(plain[0], ref, thr))
+    assert 0 < inside.sum() < inside.size
+    np.testing.assert_array_equal(np.asarray(lat[0])[inside], np.asarray(plain[0])[inside])
+    np.testing.assert_array_equal(np.asarray(lat[0])[~inside], np.asarray(src)[~inside])  # turn 1 keeps the source
+    same_as_prev = np.all(np.asarray(lat[1]) == np.asarray(lat[0]), axis=-1)  # turn 2: the rest is turn 1's, exactly
+    assert 0 < same_as_prev.sum() < same_as_prev.size
+    np.testing.assert_array_equal(np.asarray(mem.latest), np.asarray(lat[1]))  # the memory holds the newest frame
+    never, _ = turns(dataclasses.replace(off, edit_region=1e9))
+    np.testing.assert_array_equal(np.asarray(never), np.broadcast_to(np.asarray(src), never.shape))
+    always, _ = turns(dataclasses.replace(off, edit_region=1e-30))
+    np.testing.assert_allclose(np.asarray(always), np.asarray(plain), atol=1e-6)
 
 
 def test_fixed_size_and_one_compilation_over_30_turns(setup):

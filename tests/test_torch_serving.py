@@ -28,6 +28,7 @@ from convert import torch_serving as ts  # noqa: E402
 
 TOL = 1e-4
 GATE = 7.0  # about the median of the per-token change these random frames reach (4 to 10)
+REGION = 1.0  # edit_region: splits these random samples' per-token distances from the null sample
 TURNS = 5
 H, W, L, B = 4, 6, 5, 2  # latent 4x6 (non-square), 5 text tokens, batch 2
 
@@ -79,10 +80,13 @@ CASES = [  # (settings, window, keep_anchor): window 2 < 5 turns, so eviction ha
     (editor.SamplerSettings(num_steps=2, method="euler", shift=2.0, guidance=2.0, anchor_weight=4.0, anchor_gate=GATE,
                             latest_weight=2.0), 2, True),
     (editor.SamplerSettings(num_steps=2, method="midpoint", guidance=1.0, latest_weight=3.0), 2, False),
+    # the edit region: a second sample with the null instruction, the previous frame outside the region
+    (editor.SamplerSettings(num_steps=2, method="euler", guidance=2.0, edit_region=REGION), 2, True),
 ]
 
 
-IDS = [c[0].method + ("_weighed" if c[0].read_kw != editor.SamplerSettings().read_kw else "") for c in CASES]
+IDS = [c[0].method + ("_weighed" if c[0].read_kw != editor.SamplerSettings().read_kw else "")
+       + ("_region" if c[0].edit_region else "") for c in CASES]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
@@ -100,10 +104,11 @@ def test_five_turns_match_jax(models, case):
     tmem = ts.start(dit, _t(source).permute(0, 3, 1, 2), _t(null_t), _t(null_m), window=window,
                     keep_anchor=keep_anchor)
     assert _mem_diff(jmem, tmem) <= TOL  # the source frame, written with the null instruction
-    key, gated = jax.random.key(7), []
+    key, gated, kept = jax.random.key(7), [], []
     for k in range(TURNS):
         rng_k = jax.random.fold_in(key, k)
         noise = np.asarray(jax.random.normal(rng_k, (B, H, W, cfg.in_channels)))  # what edit_turn draws
+        prev = np.asarray(jmem.latest)
         jlat, jmem = jturn(params, jmem, texts[k], masks[k], null_t, null_m, rng_k)
         tlat, tmem = ts.edit_turn(dit, settings, tmem, _t(texts[k]), _t(masks[k]), _t(null_t), _t(null_m),
                                   _t(noise).permute(0, 3, 1, 2))
@@ -116,10 +121,16 @@ def test_five_turns_match_jax(models, case):
         np.testing.assert_array_equal(tmem.source.permute(0, 2, 3, 1).numpy(), np.asarray(jmem.source))
         if settings.anchor_gate:  # the gate splits the tokens, so both of its sides are compared
             gated.append(float((np.asarray(jmem.change) < settings.anchor_gate).mean()))
+        if settings.edit_region:  # so does the region: tokens kept from the previous frame, and new ones
+            kept.append(float(np.all(np.asarray(jlat) == prev, axis=-1).mean()))
+            np.testing.assert_array_equal(tmem.latest.permute(0, 2, 3, 1).numpy(), tlat.permute(0, 2, 3, 1).numpy())
         assert tmem.count == int(jmem.count) and tmem.valid.numpy().tolist() == np.asarray(jmem.valid).tolist()
         assert ts.query_position(tmem) == int(mem_lib.query_position(jmem)[0])
     if settings.anchor_gate:
         assert 0.1 < np.mean(gated) < 0.9, gated
+    if settings.edit_region:
+        print(f"tokens kept from the previous frame, turn by turn: {kept}")
+        assert 0.1 < np.mean(kept) < 0.9, kept
 
 
 def test_memory_slots_match_jax(models):
