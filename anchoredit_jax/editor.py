@@ -11,9 +11,9 @@ DiT once at t=0 on the result with the turn's own instruction to append it to th
 memory has a fixed shape, so every turn, the 2nd or the 30th, runs the same compiled program.
 
 Edit region (SamplerSettings.edit_region > 0; off by default): the turn is sampled a second time
-from the same noise with the null instruction, and only the latent tokens where the two samples
-differ by more than the threshold take the new frame; every other token keeps the previous frame's
-latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as in Blended Latent
+from the same noise with the null instruction, and only the latent positions (the tokens, at patch
+1) where the two samples differ by more than the threshold take the new frame; every other position
+keeps the previous frame's latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as in Blended Latent
 Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
 the anchor and the older window frames); the reference sample undoes them too, so they cancel out
 of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
@@ -42,7 +42,7 @@ class SamplerSettings:
     anchor_weight: float = 1.0  # memory.read: < 1 weighs the anchor's attention share down (1: as trained)
     anchor_gate: float = 0.0  # memory.read: > 0 weighs only the anchor tokens the newest frame left unchanged
     latest_weight: float = 1.0  # memory.read: > 1 weighs the newest frame's attention share up (1: as trained)
-    edit_region: float = 0.0  # > 0: tokens changed less than this (vs the null instruction) keep the previous frame
+    edit_region: float = 0.0  # > 0: positions changed less than this (vs the null instruction) keep the last frame
 
     @property
     def read_kw(self) -> dict:
@@ -104,8 +104,8 @@ def guided_velocity_fn(model: WanDiT, params, mem: mem_lib.AnchorMemory, text, t
 
 
 def region_mask(latent, reference, threshold: float):
-    """[B, h, w] bool: the tokens where latent and reference [B, h, w, C] are further apart than
-    `threshold` in mean squared latent distance (memory.token_change's units, patch 1)."""
+    """[B, h, w] bool: the latent positions where latent and reference [B, h, w, C] are further apart
+    than `threshold` in mean squared distance over channels (memory.token_change's units at patch 1)."""
     chex.assert_equal_shape([latent, reference])
     return mem_lib.token_change(latent, reference, (1, 1)) > threshold
 
