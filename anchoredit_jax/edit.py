@@ -300,6 +300,9 @@ def parse_args(argv):
                     help="keep the previous frame outside the region the instruction changes: the latent tokens "
                          "where the turn differs from a sample with the null instruction by more than this mean "
                          "squared distance (e.g. 0.3; twice the sampling per turn; docs/persistence.md)")
+    ap.add_argument("--outside-mix", type=float,
+                    help="with --edit-region: the share of the new sample taken outside the region (0: the "
+                         "previous frame exactly; 0.2 keeps most edits and lets the anchor mend the rest)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vae", help="override the run config's vae.workdir")
     ap.add_argument("--interactive", action="store_true", help="prompt loop on stdin")

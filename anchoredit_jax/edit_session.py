@@ -63,7 +63,7 @@ def mcie_settings(args, *, guidance: float, shift: float) -> mcie.MCIESettings:
 # The options `Session` reads, with the CLI's defaults (anchoredit_jax.edit's flags; `Editor`'s keywords)
 OPTIONS = dict(weights="ema", method="anchoredit", window=None, no_anchor=False, steps=None, sampler=None,
                guidance=None, shift=None, anchor_weight=None, anchor_gate=None, latest_weight=None, edit_region=None,
-               vae="",
+               outside_mix=None, vae="",
                **{field: None for _, field, _, _ in MCIE_FLAGS})
 
 
@@ -93,6 +93,9 @@ def check_options(o, cli: bool = True) -> None:
     if o.edit_region is not None and (not o.edit_region > 0 or o.method == "mcie"):
         raise ValueError(f"{name('edit_region')} must be > 0 (a mean squared latent distance) and is AnchorEdit's: "
                          f"not with {name('method')} mcie, got {o.edit_region}")
+    if o.outside_mix is not None and (not 0 <= o.outside_mix <= 1 or o.edit_region is None):
+        raise ValueError(f"{name('outside_mix')} must be in [0, 1] and mixes outside {name('edit_region')} (give "
+                         f"one), got {o.outside_mix}")
     given = [field for _, field, _, _ in MCIE_FLAGS if getattr(o, field) is not None]
     if o.method != "mcie" and given:
         raise ValueError(f"{name(given[0])} is an MCIE option; add " + ("--method mcie" if cli else "method='mcie'"))
@@ -201,7 +204,7 @@ class Session:
                 num_steps=args.steps or val.get("sample_steps", 20), method=args.sampler or val.get("sampler", "euler"),
                 shift=shift, guidance=guidance, anchor_weight=args.anchor_weight or 1.0,
                 anchor_gate=args.anchor_gate or 0.0, latest_weight=args.latest_weight or 1.0,
-                edit_region=args.edit_region or 0.0)
+                edit_region=args.edit_region or 0.0, outside_mix=args.outside_mix or 0.0)
             turn, start = editor.edit_turn, editor.start
         self.turn = jax.jit(functools.partial(turn, model, self.settings))
         self._start = jax.jit(functools.partial(start, model, window=self.window, keep_anchor=self.keep_anchor))
@@ -255,7 +258,7 @@ class Session:
                           anchor_weight=getattr(s, "anchor_weight", None) if self.keep_anchor else None,
                           anchor_gate=getattr(s, "anchor_gate", None) if self.keep_anchor else None,
                           latest_weight=getattr(s, "latest_weight", None),
-                          edit_region=getattr(s, "edit_region", None)),
+                          edit_region=getattr(s, "edit_region", None), outside_mix=getattr(s, "outside_mix", None)),
             method=args.method, **({"mcie": dataclasses.asdict(s)} if args.method == "mcie" else {}),
             seed=args.seed, warnings=self.warnings, turn_fn_cache_size=self.turn._cache_size(),
             memory_bytes=self.memory_bytes,

@@ -17,6 +17,9 @@ keeps the previous frame's latent (DiffEdit's mask, Couairon et al. 2022, applie
 Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
 the anchor and the older window frames); the reference sample undoes them too, so they cancel out
 of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
+SamplerSettings.outside_mix (0 to 1; 0 by default) lets that much of the new sample in outside the
+region, so what a turn got wrong there fades over the next turns as the anchor draws it back, and
+so do earlier edits, more slowly than without the region.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ class SamplerSettings:
     anchor_gate: float = 0.0  # memory.read: > 0 weighs only the anchor tokens the newest frame left unchanged
     latest_weight: float = 1.0  # memory.read: > 1 weighs the newest frame's attention share up (1: as trained)
     edit_region: float = 0.0  # > 0: positions changed less than this (vs the null instruction) keep the last frame
+    outside_mix: float = 0.0  # with edit_region: the share of the new sample taken outside the region (1: no region)
 
     @property
     def read_kw(self) -> dict:
@@ -124,8 +128,8 @@ def edit_turn(model: WanDiT, settings: SamplerSettings, params, mem, text, text_
         # guidance 1: with the null instruction on both branches, CFG is the unconditional velocity
         reference = sample(null_text, null_mask, 1.0)
         inside = region_mask(latent, reference, settings.edit_region)
-        # mem.latest: the previous turn's frame (the source on the first turn)
-        latent = jnp.where(inside[..., None], latent, mem.latest.astype(latent.dtype))
+        prev = mem.latest.astype(latent.dtype)  # the previous turn's frame (the source on the first turn)
+        latent = jnp.where(inside[..., None], latent, prev + settings.outside_mix * (latent - prev))
     return latent, mem_lib.update(model, params, mem, latent, text, text_mask)
 
 

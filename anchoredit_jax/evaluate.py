@@ -20,7 +20,8 @@ methods'. Presets (--methods, comma-separated; default anchor_w4,naive):
 --windows 1,2,4 adds anchor_wN for each N (and no_anchor_wN with --no-anchor). --steps and
 --sampler take comma lists: every value makes its own method (name suffix /sN, /sampler); so do
 --anchor-weights, --anchor-gates and --latest-weights (memory.read's weights: /aW, /gG, /lW) and
---edit-regions (editor.SamplerSettings.edit_region, 0 = off: /rT).
+--edit-regions (editor.SamplerSettings.edit_region, 0 = off: /rT) with --outside-mixes (its
+outside_mix, for each region but 0: /oA).
 Checkpoints: --checkpoint [NAME=]WORKDIR[@ema|params|best], repeatable (stage 1 vs 2 vs 3).
 Sampler settings not given (--steps, --sampler, --guidance, --shift) come from each checkpoint's
 config `val` section, as in the edit CLI: a distilled stage-3 run then samples with its own
@@ -140,25 +141,39 @@ def edit_regions(args) -> list[float]:
     return _float_list(args.edit_regions or "0", "--edit-regions", positive=False)
 
 
+def outside_mixes(args) -> list[float]:
+    """--outside-mixes "0,0.2" -> [0.0, 0.2] (each in [0, 1]; default [0.0]); needs a region but 0."""
+    vals = _float_list(args.outside_mixes or "0", "--outside-mixes", positive=False)
+    if max(vals) > 1:
+        raise EvalError(f"--outside-mixes {args.outside_mixes!r}: each must be <= 1")
+    if args.outside_mixes and all(r == 0 for r in edit_regions(args)):
+        raise EvalError(f"--outside-mixes {args.outside_mixes!r} mixes outside an edit region: add --edit-regions "
+                        "with one other than 0")
+    return vals
+
+
 def make_methods(args, vals: dict[str, dict]) -> list[Method]:
     """The grid checkpoints x presets x steps x samplers; vals: checkpoint name -> its config's `val`
     section, which supplies the sampler settings not given on the command line (as in the edit CLI)."""
     presets, steps, samplers = method_grid(args)
     weights, gates, latest, regions = anchor_weights(args), anchor_gates(args), latest_weights(args), edit_regions(args)
+    mixes = outside_mixes(args)
     out = []
     for ck, val in vals.items():
-        for p, n, s, a, g, lw, r in itertools.product(presets, steps, samplers, weights, gates, latest, regions):
-            if a == 1 and g:  # nothing to gate
+        for p, n, s, a, g, lw, r, o in itertools.product(presets, steps, samplers, weights, gates, latest, regions,
+                                                         mixes):
+            if (a == 1 and g) or (r == 0 and o):  # nothing to gate, no region to mix outside of
                 continue
             name = (f"{ck}/{p}" + (f"/s{n}" if len(steps) > 1 else "") + (f"/{s}" if len(samplers) > 1 else "")
                     + (f"/a{a:g}" if len(weights) > 1 or a != 1 else "") + (f"/g{g:g}" if g else "")
                     + (f"/l{lw:g}" if len(latest) > 1 or lw != 1 else "")
-                    + (f"/r{r:g}" if len(regions) > 1 or r else ""))
+                    + (f"/r{r:g}" if len(regions) > 1 or r else "")
+                    + (f"/o{o:g}" if r and (len(mixes) > 1 or o) else ""))
             settings = editor.SamplerSettings(
                 num_steps=n or val.get("sample_steps", 20), method=s or val.get("sampler", "euler"),
                 guidance=args.guidance if args.guidance is not None else val.get("guidance", 3.0),
                 shift=args.shift if args.shift is not None else val.get("sample_shift", 1.0),
-                anchor_weight=a, anchor_gate=g, latest_weight=lw, edit_region=r)
+                anchor_weight=a, anchor_gate=g, latest_weight=lw, edit_region=r, outside_mix=o)
             out.append(Method(name, ck, settings=settings, **parse_preset(p)))
     return out
 
@@ -364,7 +379,7 @@ def run(args) -> dict:
                             ("--edit-regions", edit_regions(args), [0.0])):
         if vals != off and any(parse_preset(p)["kind"] != "anchoredit" for p in presets):
             raise EvalError(f"{flag} applies to AnchorEdit's editor: leave out the mcie, copy and truth methods")
-    anchor_gates(args)  # a bad gate list fails before the slow loading
+    anchor_gates(args), outside_mixes(args)  # bad gate and mix lists fail before the slow loading
     edit_cli.check_out_dir(args.out, args.overwrite)
     nets = load_feature_nets(args)
     loaded = {name: load_checkpoint(path, w, args.vae) for name, path, w in specs}
@@ -424,6 +439,8 @@ def parse_args(argv):
     ap.add_argument("--edit-regions", default=None, help="e.g. 0,0.3: keep the previous frame outside the tokens the "
                                                          "instruction changes by more than this (editor's edit_region; "
                                                          "0 = off); comma list = one method each")
+    ap.add_argument("--outside-mixes", default=None, help="e.g. 0,0.2: the share of the new sample taken outside "
+                                                          "each edit region but 0 (0: the previous frame); comma list")
     ap.add_argument("--protocols", default=None, help=f"comma list of {PROTOCOLS + ('jsonl',)}; default edit "
                                                       "(jsonl if --jsonl is given)")
     ap.add_argument("--jsonl", default=None, help="real data in the project's JSONL format (protocol jsonl)")

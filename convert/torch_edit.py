@@ -37,7 +37,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def check_flags(args) -> None:
     """The flags this CLI shares with the JAX edit, by its rules and messages (one ValueError)."""
-    shared = ("window", "steps", "shift", "anchor_weight", "anchor_gate", "latest_weight", "edit_region")
+    shared = ("window", "steps", "shift", "anchor_weight", "anchor_gate", "latest_weight", "edit_region",
+              "outside_mix")
     check_options(types.SimpleNamespace(**{**OPTIONS, **{f: getattr(args, f) for f in shared}}))
 
 
@@ -52,7 +53,7 @@ def run(args) -> dict:
     settings = dataclasses.replace(served.settings, **{k: v for k, v in dict(
         num_steps=args.steps, method=args.sampler, guidance=args.guidance, shift=args.shift,
         anchor_weight=args.anchor_weight, anchor_gate=args.anchor_gate, latest_weight=args.latest_weight,
-        edit_region=args.edit_region).items()
+        edit_region=args.edit_region, outside_mix=args.outside_mix).items()
         if v is not None})
     if args.anchor_weight is not None and not served.keep_anchor:
         raise ValueError(f"--anchor-weight weighs the anchor, and {args.model}'s memory has none")
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
                                                         "edit)")
     ap.add_argument("--edit-region", type=float, help="keep the previous frame outside the tokens the instruction "
                                                       "changes by more than this (as the JAX edit)")
+    ap.add_argument("--outside-mix", type=float, help="with --edit-region: the share of the new sample taken outside "
+                                                      "the region (as the JAX edit)")
     args = ap.parse_args(argv)
     try:
         run(args)

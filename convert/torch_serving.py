@@ -337,7 +337,8 @@ def edit_turn(dit: ServedDiT, settings: SamplerSettings, mem: TorchMemory, text,
               noise, step_noise=None):
     """One turn (editor.edit_turn): text [B, L, D], noise [B, C, h, w] -> (latent [B, C, h, w], memory).
     With settings.edit_region > 0 the turn is sampled again from the same noise with the null instruction
-    and only the tokens further apart than it take the new sample (editor.region_mask)."""
+    and only the tokens further apart than it take the new sample (editor.region_mask); outside, the previous
+    frame plus settings.outside_mix of the way to the new sample."""
     b, pos = text.shape[0], query_position(mem)
 
     def run(text, text_mask, guidance):
@@ -358,7 +359,8 @@ def edit_turn(dit: ServedDiT, settings: SamplerSettings, mem: TorchMemory, text,
     if settings.edit_region > 0:
         reference = run(null_text, null_mask, 1.0)
         inside = (latent - reference).square().mean(1, keepdim=True) > settings.edit_region  # [B, 1, h, w]
-        latent = torch.where(inside, latent, mem.latest.to(latent.dtype))
+        prev = mem.latest.to(latent.dtype)
+        latent = torch.where(inside, latent, prev + settings.outside_mix * (latent - prev))
     return latent, update(dit, mem, latent, text, text_mask)
 
 

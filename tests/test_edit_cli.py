@@ -108,7 +108,7 @@ def test_odd_rgba_image_options_and_long_instruction(ckpt, tmp_path, capsys):
     assert log["input_image"] == {"size": [37, 23], "mode": "RGBA"}
     assert log["settings"] == dict(window=2, anchor=False, steps=2, sampler="midpoint", guidance=2.0, shift=2.0,
                                    anchor_weight=None, anchor_gate=None, latest_weight=1.0,  # no anchor to weigh
-                                   edit_region=0.0)
+                                   edit_region=0.0, outside_mix=0.0)
     assert log["seed"] == 5 and log["weights"] == "params" and len(log["turns"]) == 3
     assert len(log["warnings"]) == 1 and log["turn_fn_cache_size"] == 1
 
@@ -237,7 +237,8 @@ def test_mcie_batch_same_seed_same_bytes_and_log(ckpt, source_png, tmp_path, cap
     assert log["method"] == "mcie" and log["turn_fn_cache_size"] == 1 and len(log["turns"]) == 2
     # MCIE alone: previous frame only; the paper's solver; guidance from the config
     assert log["settings"] == dict(window=1, anchor=False, steps=2, sampler="fireflow", guidance=3.0, shift=1.0,
-                                   anchor_weight=None, anchor_gate=None, latest_weight=None, edit_region=None)
+                                   anchor_weight=None, anchor_gate=None, latest_weight=None, edit_region=None,
+                                   outside_mix=None)
     assert log["mcie"]["gamma"] == 0.5 and log["mcie"]["eta"] == 0.9 and log["mcie"]["lam"] == 0.7
     # differs from AnchorEdit with the same seed
     rc, _, err = _run(capsys, "--checkpoint", ckpt, "--image", source_png, "--out", tmp_path / "ae", "--steps", 2,
@@ -350,6 +351,9 @@ def test_python_editor_matches_the_cli_and_branches(ckpt, source_png, batch_runs
             Editor(ckpt, **bad)
     for bad in (dict(edit_region=0.0), dict(edit_region=0.3, method="mcie")):
         with pytest.raises(ValueError, match="edit_region must be > 0 .* not with method mcie"):
+            Editor(ckpt, **bad)
+    for bad in (dict(outside_mix=0.2), dict(outside_mix=1.5, edit_region=0.3)):
+        with pytest.raises(ValueError, match="outside_mix must be in .0, 1. and mixes outside edit_region"):
             Editor(ckpt, **bad)
     weighed = Editor(ckpt, anchor_weight=0.5)
     assert weighed.session.settings.anchor_weight == 0.5

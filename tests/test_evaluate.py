@@ -224,6 +224,13 @@ def test_method_registry_and_names():
     assert got == [("s/anchor_w4/r0", 0.0), ("s/anchor_w4/r0.3", 0.3)]
     with pytest.raises(evaluate.EvalError, match="--edit-regions"):
         evaluate.edit_regions(evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--edit-regions", "-1"]))
+    args = evaluate.parse_args(["--checkpoint", "x", "--out", "o", "--methods", "anchor_w4", "--edit-regions", "0,0.3",
+                                "--outside-mixes", "0,0.2"])
+    got = [(m.name, m.settings.edit_region, m.settings.outside_mix) for m in evaluate.make_methods(args, {"s": {}})]
+    assert got == [("s/anchor_w4/r0", 0.0, 0.0), ("s/anchor_w4/r0.3/o0", 0.3, 0.0), ("s/anchor_w4/r0.3/o0.2", 0.3, 0.2)]
+    for bad in (["--outside-mixes", "0.2"], ["--outside-mixes", "1.5", "--edit-regions", "0.3"]):
+        with pytest.raises(evaluate.EvalError, match="--outside-mixes"):
+            evaluate.outside_mixes(evaluate.parse_args(["--checkpoint", "x", "--out", "o"] + bad))
     assert evaluate.parse_checkpoint("a=runs/x@params", "ema") == ("a", "runs/x", "params")
     assert evaluate.parse_checkpoint("runs/stage1/", "best") == ("stage1", "runs/stage1/", "best")
     assert set(evaluate.METHODS) >= {"anchoredit"}

@@ -196,6 +196,10 @@ def test_edit_region_keeps_the_previous_frame_outside_the_changed_tokens(setup):
     same_as_prev = np.all(np.asarray(lat[1]) == np.asarray(lat[0]), axis=-1)  # turn 2: the rest is turn 1's, exactly
     assert 0 < same_as_prev.sum() < same_as_prev.size
     np.testing.assert_array_equal(np.asarray(mem.latest), np.asarray(lat[1]))  # the memory holds the newest frame
+    mixed, _ = turns(dataclasses.replace(off, edit_region=thr, outside_mix=0.25))  # a quarter of the way outside
+    np.testing.assert_array_equal(np.asarray(mixed[0])[inside], np.asarray(plain[0])[inside])
+    np.testing.assert_allclose(np.asarray(mixed[0])[~inside],
+                               np.asarray(src + 0.25 * (plain[0] - src))[~inside], atol=1e-6)
     never, _ = turns(dataclasses.replace(off, edit_region=1e9))
     np.testing.assert_array_equal(np.asarray(never), np.broadcast_to(np.asarray(src), never.shape))
     always, _ = turns(dataclasses.replace(off, edit_region=1e-30))
