@@ -13,8 +13,8 @@ memory has a fixed shape, so every turn, the 2nd or the 30th, runs the same comp
 Edit region (SamplerSettings.edit_region > 0; off by default): the turn is sampled a second time
 from the same noise with the null instruction, and only the latent positions (the tokens, at patch
 1) where the two samples differ by more than the threshold take the new frame; every other position
-keeps the previous frame's latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as in Blended Latent
-Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
+keeps the previous frame's latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as
+in Blended Latent Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
 the anchor and the older window frames); the reference sample undoes them too, so they cancel out
 of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
 SamplerSettings.outside_mix (0 to 1; 0 by default) lets that much of the new sample in outside the
