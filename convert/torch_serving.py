@@ -358,7 +358,7 @@ def edit_turn(dit: ServedDiT, settings: SamplerSettings, mem: TorchMemory, text,
     latent = run(text, text_mask, settings.guidance)
     if settings.edit_region > 0:
         reference = run(null_text, null_mask, 1.0)
-        inside = (latent - reference).square().mean(1, keepdim=True) > settings.edit_region  # [B, 1, h, w]
+        inside = token_change(latent, reference, (1, 1)).view(b, 1, *latent.shape[2:]) > settings.edit_region
         prev = mem.latest.to(latent.dtype)
         latent = torch.where(inside, latent, prev + settings.outside_mix * (latent - prev))
     return latent, update(dit, mem, latent, text, text_mask)
