@@ -14,9 +14,9 @@ Edit region (SamplerSettings.edit_region > 0; off by default): the turn is sampl
 from the same noise with the null instruction, and only the latent positions (the tokens, at patch
 1) where the two samples differ by more than the threshold take the new frame; every other position
 keeps the previous frame's latent (DiffEdit's mask, Couairon et al. 2022, applied to the result as
-in Blended Latent Diffusion). Why: the model undoes the edits of earlier turns (it reads them from one frame against
-the anchor and the older window frames); the reference sample undoes them too, so they cancel out
-of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
+in Blended Latent Diffusion). Why: the model undoes the edits of earlier turns (it reads them from
+one frame against the anchor and the older window frames); the reference sample undoes them too,
+so they cancel out of the mask and stay. The price: whatever the model gets wrong inside a region stays as well.
 SamplerSettings.outside_mix (0 to 1; 0 by default) lets that much of the new sample in outside the
 region, so what a turn got wrong there fades over the next turns as the anchor draws it back, and
 so do earlier edits, more slowly than without the region.
